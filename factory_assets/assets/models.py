@@ -1,0 +1,221 @@
+"""``training_window`` (the rolling window's inputs, checked complete) and ``candidate_model`` (train, gate)."""
+
+
+from datetime import date
+
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSpec,
+    AssetExecutionContext,
+    AssetDep,
+    Config,
+    DataVersion,
+    Failure,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+)
+from pydantic import Field
+
+from factory_assets import promotion
+from factory_assets.assets.partitions import (
+    DAILY,
+    GROUP_MODELS,
+    HOLDOUT_DAYS,
+    ROLLING_WINDOW,
+    WAREHOUSE_POOL,
+    WINDOW_DAYS,
+    partition_day,
+)
+from factory_assets.features import store
+from factory_assets.recsys.artefact import (
+    ArtefactIntegrityError,
+    load_manifest_model,
+    load_model,
+    save_model,
+    write_manifest,
+)
+from factory_assets.recsys.evaluation import evaluate, model_scores
+from factory_assets.recsys.model import ModelParams
+from factory_assets.registry import registry
+from factory_assets.reports import evaluation_markdown
+from factory_assets.resources import FactoryResource
+from factory_assets.training import train_candidate
+
+TRAINING_WINDOW = "training_window"
+CANDIDATE_MODEL = "candidate_model"
+WINDOW_COMPLETE = "window_complete"
+MODEL_CODE_VERSION = "1"
+
+
+@asset(
+    name=TRAINING_WINDOW,
+    partitions_def=DAILY,
+    deps=[
+        AssetDep(store.USER_ITEM_DAILY, partition_mapping=ROLLING_WINDOW),
+        AssetDep(store.ITEM_DAILY, partition_mapping=ROLLING_WINDOW),
+    ],
+    group_name=GROUP_MODELS,
+    kinds={"duckdb"},
+    pool=WAREHOUSE_POOL,
+    code_version="1",
+    check_specs=[
+        AssetCheckSpec(
+            WINDOW_COMPLETE,
+            asset=TRAINING_WINDOW,
+            blocking=True,
+            description=f"all {WINDOW_DAYS} feature partitions of the window exist (an empty day counts, a missing one blocks)",
+        )
+    ],
+    description=f"The {WINDOW_DAYS} feature partitions ending on the partition's day, with their data versions.",
+)
+def training_window(context: AssetExecutionContext, factory: FactoryResource) -> MaterializeResult:
+    day = partition_day(context)
+    with factory.warehouse() as con:
+        manifest = store.window_manifest(con, day, WINDOW_DAYS)
+        store.save_window_manifest(con, day, manifest)
+    missing = {view: days for view, days in manifest["missing"].items() if days}
+    return MaterializeResult(
+        data_version=DataVersion(manifest["window_version"]),
+        check_results=[
+            AssetCheckResult(
+                check_name=WINDOW_COMPLETE,
+                passed=manifest["complete"],
+                description="complete" if manifest["complete"] else f"missing feature partitions: {missing}",
+                metadata={"missing": MetadataValue.json(missing)},
+            )
+        ],
+        metadata={
+            "window": f"{manifest['start']}..{manifest['end']}",
+            "input_partitions": len(manifest["inputs"]),
+            "interaction_rows": sum(i["row_count"] for i in manifest["inputs"] if i["asset"] == store.USER_ITEM_DAILY),
+            "window_version": manifest["window_version"],
+        },
+    )
+
+
+class CandidateConfig(Config):
+    """Hyper-parameters of the candidate (``ModelParams``); defaults suit a daily 28-day window."""
+
+    factors: int = Field(default=64, description="ALS latent factors")
+    regularization: float = Field(default=0.05, description="ALS L2 regularisation")
+    alpha: float = Field(default=2.0, description="ALS confidence scale")
+    iterations: int = Field(default=15, description="ALS sweeps")
+    seed: int = Field(default=42, description="ALS random_state (int: fits are reproducible)")
+    half_life_days: float = Field(default=14.0, description="recency half-life of interaction weights, days")
+    history_weight: float | None = Field(default=None, description="fixed history weight; None = tune on train days")
+
+    def params(self) -> ModelParams:
+        return ModelParams(**self.model_dump())
+
+
+@asset(
+    name=CANDIDATE_MODEL,
+    partitions_def=DAILY,
+    deps=[TRAINING_WINDOW],
+    group_name=GROUP_MODELS,
+    kinds={"python", "implicit"},
+    pool=WAREHOUSE_POOL,
+    code_version=MODEL_CODE_VERSION,
+    check_specs=[
+        AssetCheckSpec(promotion.BEATS_BASELINE, asset=CANDIDATE_MODEL, blocking=True,
+                       description="NDCG@10 above the best of popularity and repeat-purchase by the policy's margin"),
+        AssetCheckSpec(promotion.NOT_WORSE_THAN_CHAMPION, asset=CANDIDATE_MODEL, blocking=True,
+                       description="NDCG@10 not below the champion's on the same held-out users and days"),
+        AssetCheckSpec(promotion.SAFE_TO_SERVE, asset=CANDIDATE_MODEL, blocking=True,
+                       description="finite factors, known ids, full top-10s, size and latency within budget"),
+    ],
+    description="ALS + own-history blend trained on the window's first days, scored on its last days, refit on all of it.",
+)
+def candidate_model(context: AssetExecutionContext, config: CandidateConfig, factory: FactoryResource) -> MaterializeResult:
+    day = partition_day(context)
+    layout = factory.layout.ensure()
+    policy = factory.policy
+    with factory.warehouse() as con:
+        window = store.load_window_manifest(con, day)
+        if window is None or not window["complete"]:
+            raise Failure(
+                description=f"training_window {day} is missing or incomplete; materialise the window's features first",
+                allow_retries=False,
+            )
+        start, end = (date.fromisoformat(window[k]) for k in ("start", "end"))
+        frame = store.read_window(con, start, end)
+    result = train_candidate(frame, (start, end), HOLDOUT_DAYS, config.params())
+
+    champion, champion_report = registry.read_alias(layout.aliases), None
+    if champion is not None:
+        try:
+            champion_eval = load_manifest_model(champion["path"], "eval", champion["sha256"])
+            champion_report = evaluate(model_scores(champion_eval, result.eval_set), result.eval_set)
+        except (ArtefactIntegrityError, FileNotFoundError) as exc:
+            context.log.error(f"champion v{champion['version']} cannot be verified and is not compared: {exc}")
+
+    models_dir = layout.artefacts / "models"
+    eval_path, eval_sha = save_model(result.eval_model, models_dir)
+    served_path, served_sha = save_model(result.served_model, models_dir)
+    evaluation = result.evaluation()
+    manifest = {
+        "format": "factory_assets.manifest/1",
+        "source": factory.source,
+        "partition": day.isoformat(),
+        "code_version": MODEL_CODE_VERSION,
+        "params": result.served_model.params.as_dict(),
+        "window": {k: window[k] for k in ("start", "end", "days", "window_version", "inputs")},
+        "holdout_days": HOLDOUT_DAYS,
+        "tuning_trace": result.tuning.trace,
+        "artefacts": {
+            "eval": {"file": eval_path.name, "sha256": eval_sha, "bytes": eval_path.stat().st_size,
+                     "trained_on": evaluation["model"]["train_days"]},
+            "served": {"file": served_path.name, "sha256": served_sha, "bytes": served_path.stat().st_size,
+                       "trained_on": [window["start"], window["end"]]},
+        },
+        "evaluation": evaluation,
+    }
+    manifest_path, manifest_sha = write_manifest(manifest, models_dir)
+
+    served = load_model(served_path, served_sha)  # the gate judges the bytes that will be served
+    gates = [
+        promotion.beats_baseline(
+            result.model_report.ndcg, {n: r.ndcg for n, r in result.baselines.items()}, policy.baseline_margin
+        ),
+        promotion.not_worse_than_champion(
+            result.model_report.ndcg,
+            None if champion_report is None else champion_report.ndcg,
+            policy.champion_tolerance,
+            None if champion is None else champion["version"],
+        ),
+        promotion.safe_to_serve(
+            served, served_path, set(frame["user_id"]), set(frame["item_id"]),
+            max_artefact_mb=policy.max_artefact_mb, max_recommend_ms=policy.max_recommend_ms,
+            sample_users=policy.sample_users,
+        ),
+    ]
+    failed = [g for g in gates if not g.passed]
+    status = "rejected" if failed else "candidate"
+    reason = "; ".join(f"{g.name}: {g.reason}" for g in failed) or "all gates passed"
+    record = {
+        "evaluation": evaluation,
+        "champion": None if champion_report is None else {"version": champion["version"], **champion_report.as_dict()},
+        "gates": [{"name": g.name, "passed": g.passed, "reason": g.reason} for g in gates],
+    }
+    with factory.warehouse() as con:
+        version = registry.register(con, day, manifest_path, manifest_sha, status, reason, record)
+    context.log.info(f"candidate v{version} ({day}): {status}; {reason}")
+    return MaterializeResult(
+        data_version=DataVersion(manifest_sha),
+        check_results=[
+            AssetCheckResult(check_name=g.name, passed=g.passed, description=g.reason,
+                             metadata={k: v for k, v in g.metadata.items() if v is not None})
+            for g in gates
+        ],
+        metadata={
+            "version": version,
+            "status": status,
+            "manifest_path": MetadataValue.path(str(manifest_path)),
+            "manifest_sha256": manifest_sha,
+            "ndcg_at_10": evaluation["model"]["ndcg_at_10"],
+            "n_eval_users": evaluation["model"]["n_users"],
+            "history_weight": result.eval_model.history_weight,
+            "evaluation": MetadataValue.md(evaluation_markdown(evaluation, record["champion"], gates)),
+        },
+    )

@@ -1,0 +1,1 @@
+"""Data checks and promotion gates, as check specs plus the functions that evaluate them."""

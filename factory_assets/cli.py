@@ -1,0 +1,214 @@
+"""``factory``: run the whole factory through Dagster for a date range, or open the UI on its instance.
+
+    factory run [--source S] [--path P] [--start D] [--end D] [--backtest] [--home H] [--json]
+    factory dev [dagster dev options...]
+
+``factory run`` materialises every raw and feature partition of the range (one ``daily_ingest`` run per
+day), then trains, gates and (if the gates pass) promotes one candidate per day for the last 7 days of the
+range (``--backtest``: every day with a full window), one ``daily_training`` run per day.  The runs go to the
+Dagster instance under ``FACTORY_HOME`` (``$DAGSTER_HOME`` if set), so they are visible in the UI.  The
+chosen source travels as run config, so no run depends on this shell's environment.
+
+With ``--json`` standard output is exactly one JSON document (logs go to standard error)::
+
+    {"source", "warehouse", "dagster_home", "range": {"start", "end"},
+     "served_model": {"version", "sha256", "path"} | null,
+     "evaluation": {"model": {...}, "baselines": {"popularity": {...}, "repeat": {...}}, "references": {...}},
+     "checks": [{"name", "passed", "reason"}],
+     "partitions": ["YYYY-MM-DD", ...], "trained": [{"partition", "version", "status", "reason"}],
+     "registry": {"versions", "promotions"}, "runs": [{"job", "partition", "run_id", "success"}],
+     "elapsed_s"}
+
+``evaluation`` and ``checks`` describe the last day's candidate; ``served_model`` is the champion at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
+
+from factory_assets import settings
+
+SIMULATOR_RANGE = ("2024-10-06", "2024-11-30")  # eight weeks; the default preference shift is 2024-11-11
+TRAIN_LAST_DAYS = 7
+
+log = logging.getLogger("factory")
+
+
+def _parse_day(text: str, flag: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise SystemExit(f"factory: {flag} {text!r} is not an ISO date (YYYY-MM-DD)") from None
+
+
+def _check_range(start: date, end: date, first: date, last: date, window_days: int) -> None:
+    """Refuse ranges outside the partitions definition, reversed, or too short for one training window."""
+    if start > end:
+        raise SystemExit(f"factory: --start {start} is after --end {end}")
+    if start < first:
+        raise SystemExit(f"factory: --start {start} is before the first partition {first} (FACTORY_PARTITION_START)")
+    if end > last:
+        raise SystemExit(f"factory: --end {end} is after the last complete UTC day {last}")
+    if (end - start).days + 1 < window_days:
+        raise SystemExit(
+            f"factory: the range {start}..{end} has {(end - start).days + 1} days; a candidate needs a full "
+            f"{window_days}-day window"
+        )
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Execute the range and return the summary (see the module docstring)."""
+    started = time.perf_counter()
+    source = args.source or settings.source_name()
+    if source not in settings.SOURCE_NAMES:
+        raise SystemExit(f"factory: unknown source {source!r}; known: {', '.join(settings.SOURCE_NAMES)}")
+    path = args.path if args.path is not None else settings.source_path()
+    if source != "simulator" and not path:
+        raise SystemExit(f"factory: source {source!r} needs --path (or FACTORY_SOURCE_PATH)")
+    if path:
+        path = str(Path(path).expanduser().resolve())
+        if not Path(path).exists():
+            raise SystemExit(f"factory: --path {path} does not exist")
+    home = Path(args.home).expanduser().resolve() if args.home else settings.factory_home()
+    os.environ["FACTORY_HOME"] = str(home)
+    os.environ["FACTORY_SOURCE"] = source  # definitions below read the source's window length
+    if source == "simulator" and (args.start is None or args.end is None):
+        start_s, end_s = args.start or SIMULATOR_RANGE[0], args.end or SIMULATOR_RANGE[1]
+    elif args.start is None or args.end is None:
+        raise SystemExit(f"factory: source {source!r} needs --start and --end")
+    else:
+        start_s, end_s = args.start, args.end
+    start, end = _parse_day(start_s, "--start"), _parse_day(end_s, "--end")
+
+    dagster_home = settings.dagster_home(home)
+    from dagster import DagsterInstance
+
+    from factory_assets.assets.partitions import DAILY, WINDOW_DAYS
+    from factory_assets.definitions import INGEST_JOB, TRAINING_JOB, defs
+    from factory_assets.features import store
+    from factory_assets.registry import registry
+    from factory_assets.resources import FactoryResource
+
+    first = date.fromisoformat(DAILY.get_first_partition_key())
+    last = date.fromisoformat(DAILY.get_last_partition_key())
+    _check_range(start, end, first, last, WINDOW_DAYS)
+
+    run_config = {"resources": {"factory": {"config": {"home": str(home), "source": source, "source_path": path or ""}}}}
+    factory = FactoryResource(home=str(home), source=source, source_path=path or "")
+    instance = DagsterInstance.get()
+    days = [start + timedelta(days=i) for i in range((end - start).days + 1)]
+    first_trainable = start + timedelta(days=WINDOW_DAYS - 1)
+    train_days = [d for d in days if d >= first_trainable]
+    if not args.backtest:
+        train_days = train_days[-TRAIN_LAST_DAYS:]
+
+    runs = []
+
+    def execute(job_name: str, day: date) -> bool:
+        result = defs.resolve_job_def(job_name).execute_in_process(
+            run_config=run_config, instance=instance, partition_key=day.isoformat(), raise_on_error=False,
+            tags={"factory/cli": "run"},
+        )
+        runs.append({"job": job_name, "partition": day.isoformat(), "run_id": result.run_id, "success": result.success})
+        log.info("%s %s: %s (run %s)", job_name, day, "ok" if result.success else "FAILED", result.run_id)
+        return result.success
+
+    for day in days:
+        execute(INGEST_JOB, day)
+    for day in train_days:
+        execute(TRAINING_JOB, day)
+
+    with factory.warehouse() as con:
+        trained = []
+        for day in train_days:
+            row = registry.latest_for_day(con, day)
+            if row:
+                trained.append({"partition": day.isoformat(), "version": row["version"], "status": row["status"], "reason": row["reason"]})
+        last_row = registry.latest_for_day(con, train_days[-1]) if train_days else None
+        window = store.load_window_manifest(con, train_days[-1]) if train_days else None
+        n_versions = len(registry.versions(con))
+        events = registry.history(con)
+        n_promotions = int((events["action"] == "promoted").sum())
+    champion = registry.read_alias(factory.layout.aliases)
+    checks = []
+    if window is not None:
+        checks.append({"name": "window_complete", "passed": bool(window["complete"]), "reason": str(window["missing"])})
+    if last_row is not None:
+        checks += [{"name": g["name"], "passed": g["passed"], "reason": g["reason"]} for g in last_row["metrics"]["gates"]]
+    return {
+        "source": source,
+        "warehouse": str(factory.layout.warehouse),
+        "dagster_home": str(dagster_home),
+        "range": {"start": start.isoformat(), "end": end.isoformat()},
+        "served_model": None if champion is None else {k: champion[k] for k in ("version", "sha256", "path", "partition_day")},
+        "evaluation": None if last_row is None else last_row["metrics"]["evaluation"],
+        "checks": checks,
+        "partitions": [d.isoformat() for d in days],
+        "trained": trained,
+        "registry": {"versions": n_versions, "promotions": n_promotions},
+        "runs": runs,
+        "elapsed_s": round(time.perf_counter() - started, 1),
+    }
+
+
+def _print_human(summary: dict) -> None:
+    out = sys.stdout
+    print(f"factory run: {summary['source']} {summary['range']['start']} .. {summary['range']['end']} "
+          f"in {summary['elapsed_s']} s", file=out)
+    failed = [r for r in summary["runs"] if not r["success"]]
+    print(f"  runs: {len(summary['runs'])} ({len(failed)} failed)", file=out)
+    for row in summary["trained"]:
+        print(f"  candidate {row['partition']}: v{row['version']} {row['status']}", file=out)
+    if summary["evaluation"]:
+        ev = summary["evaluation"]
+        print(f"  last candidate NDCG@10 {ev['model']['ndcg_at_10']:.4f} on {ev['model']['n_users']} users; baselines: "
+              + ", ".join(f"{n} {m['ndcg_at_10']:.4f}" for n, m in ev["baselines"].items()), file=out)
+    served = summary["served_model"]
+    print(f"  served model: {'none' if served is None else 'v' + str(served['version']) + ' ' + served['path']}", file=out)
+    print(f"  registry: {summary['registry']['versions']} versions, {summary['registry']['promotions']} promotions", file=out)
+    print(f"  warehouse: {summary['warehouse']}", file=out)
+    print(f"  Dagster UI: DAGSTER_HOME={summary['dagster_home']} dagster dev   (or: factory dev)", file=out)
+
+
+def dev(extra: list[str]) -> int:
+    """Seed the instance under FACTORY_HOME and exec ``dagster dev`` on it."""
+    settings.dagster_home()
+    os.execvp("dagster", ["dagster", "dev", *extra])
+    return 0  # pragma: no cover - exec does not return
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="factory", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run_p = sub.add_parser("run", help="run the factory end to end for a date range")
+    run_p.add_argument("--source", choices=settings.SOURCE_NAMES, help="default: FACTORY_SOURCE or simulator")
+    run_p.add_argument("--path", help="file or folder of a file-based source (default: FACTORY_SOURCE_PATH)")
+    run_p.add_argument("--start", help=f"first day, ISO (simulator default {SIMULATOR_RANGE[0]})")
+    run_p.add_argument("--end", help=f"last day, ISO (simulator default {SIMULATOR_RANGE[1]})")
+    run_p.add_argument("--backtest", action="store_true", help="train a candidate for every day with a full window")
+    run_p.add_argument("--home", help="FACTORY_HOME (default ./.factory_home)")
+    run_p.add_argument("--json", action="store_true", help="print one JSON summary on stdout; logs on stderr")
+    dev_p = sub.add_parser("dev", help="dagster dev on the factory's instance (extra args are passed on)")
+    dev_p.add_argument("extra", nargs=argparse.REMAINDER)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
+    if args.command == "dev":
+        return dev(args.extra)
+    summary = run(args)
+    if args.json:
+        json.dump(summary, sys.stdout, indent=2, default=str)
+        sys.stdout.write("\n")
+    else:
+        _print_human(summary)
+    return 0 if all(r["success"] for r in summary["runs"]) and summary["served_model"] else 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

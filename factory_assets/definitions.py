@@ -1,0 +1,42 @@
+"""The whole code location: every asset, check, job and resource in one plain ``Definitions``.
+
+The feature store is the seam: ``DATAOPS_ASSETS`` (sources -> features) and ``MLOPS_ASSETS``
+(features -> models -> service) share nothing but the warehouse tables, so each half can later become its
+own code location.
+"""
+
+from __future__ import annotations
+
+from dagster import AssetSelection, Definitions, define_asset_job
+
+from factory_assets.assets.features import item_daily, user_item_daily
+from factory_assets.assets.models import candidate_model, training_window
+from factory_assets.assets.partitions import DAILY
+from factory_assets.assets.raw import raw_events
+from factory_assets.assets.serving import served_model
+from factory_assets.resources import FactoryResource
+
+DATAOPS_ASSETS = [raw_events, user_item_daily, item_daily]
+MLOPS_ASSETS = [training_window, candidate_model, served_model]
+
+INGEST_JOB = "daily_ingest"
+TRAINING_JOB = "daily_training"
+
+daily_ingest = define_asset_job(
+    INGEST_JOB,
+    selection=AssetSelection.assets(*DATAOPS_ASSETS),
+    partitions_def=DAILY,
+    description="One UTC day: raw events from the source, then the day's feature partitions.",
+)
+daily_training = define_asset_job(
+    TRAINING_JOB,
+    selection=AssetSelection.assets(*MLOPS_ASSETS),
+    partitions_def=DAILY,
+    description="The day's training window, candidate (with its blocking gates) and, if they pass, promotion.",
+)
+
+defs = Definitions(
+    assets=[*DATAOPS_ASSETS, *MLOPS_ASSETS],
+    jobs=[daily_ingest, daily_training],
+    resources={"factory": FactoryResource()},
+)

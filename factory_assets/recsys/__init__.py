@@ -1,0 +1,1 @@
+"""Pure recommender code: interaction matrices, ALS + history blend, baselines, metrics, artefacts."""

@@ -1,0 +1,139 @@
+"""One typed place for the factory's environment settings and the home-directory layout.
+
+Environment variables (all optional):
+
+=========================  ===================================================================
+``FACTORY_HOME``           where everything the factory writes lives (default ``./.factory_home``)
+``FACTORY_SOURCE``         ``simulator`` (default), ``online_retail`` or ``movielens``
+``FACTORY_SOURCE_PATH``    file or folder for file-based sources
+``FACTORY_PARTITION_START`` first daily partition, ISO date (default 1996-01-01: MovieLens starts
+                           1996-03-29, Online Retail II 2009-12-01)
+``FACTORY_WINDOW_DAYS``    rolling training window in days (default: the source's own setting)
+``DAGSTER_HOME``           the Dagster instance (default ``$FACTORY_HOME/dagster``)
+=========================  ===================================================================
+
+Layout under the home, namespaced per source because partition keys do not say which source a day
+came from::
+
+    $FACTORY_HOME/<source>/warehouse.duckdb      raw events, feature views, registry
+    $FACTORY_HOME/<source>/artefacts/            content-addressed model files and manifests
+    $FACTORY_HOME/<source>/aliases/champion.json the served model's pointer
+    $FACTORY_HOME/dagster/                       the Dagster instance (unless DAGSTER_HOME is set)
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+
+DEFAULT_HOME = ".factory_home"
+DEFAULT_SOURCE = "simulator"
+DEFAULT_PARTITION_START = "1996-01-01"
+SOURCE_NAMES: tuple[str, ...] = ("simulator", "online_retail", "movielens")
+SOURCE_WINDOW_DAYS: dict[str, int] = {"simulator": 28, "online_retail": 28, "movielens": 365}
+HOLDOUT_DAYS = 7
+
+# The project's instance configuration (pools, telemetry), copied into a fresh Dagster home.
+PROJECT_DAGSTER_YAML = Path(__file__).resolve().parents[1] / "dagster.yaml"
+
+
+def factory_home() -> Path:
+    """Absolute path of ``FACTORY_HOME`` (not created)."""
+    return Path(os.environ.get("FACTORY_HOME", DEFAULT_HOME)).expanduser().resolve()
+
+
+def source_name() -> str:
+    """The default source, from ``FACTORY_SOURCE``.
+
+    Raises:
+        ValueError: for an unknown name (the message lists the known ones).
+    """
+    name = os.environ.get("FACTORY_SOURCE", DEFAULT_SOURCE)
+    if name not in SOURCE_NAMES:
+        raise ValueError(f"FACTORY_SOURCE={name!r} is not one of {', '.join(SOURCE_NAMES)}")
+    return name
+
+
+def source_path() -> str:
+    """``FACTORY_SOURCE_PATH`` or the empty string (the simulator needs none)."""
+    return os.environ.get("FACTORY_SOURCE_PATH", "")
+
+
+def partition_start() -> str:
+    """First daily partition key (ISO date), from ``FACTORY_PARTITION_START``.
+
+    Raises:
+        ValueError: if it is not an ISO ``YYYY-MM-DD`` date.
+    """
+    raw = os.environ.get("FACTORY_PARTITION_START", DEFAULT_PARTITION_START)
+    try:
+        return date.fromisoformat(raw).isoformat()
+    except ValueError as exc:
+        raise ValueError(f"FACTORY_PARTITION_START={raw!r} is not an ISO date (YYYY-MM-DD)") from exc
+
+
+def window_days(source: str | None = None) -> int:
+    """Rolling training window in days: ``FACTORY_WINDOW_DAYS`` or the source's own default.
+
+    The window is part of the asset graph (a partition mapping), so it is read when definitions load.
+    """
+    if "FACTORY_WINDOW_DAYS" in os.environ:
+        days = int(os.environ["FACTORY_WINDOW_DAYS"])
+    else:
+        days = SOURCE_WINDOW_DAYS[source or source_name()]
+    if days <= HOLDOUT_DAYS + 7:
+        raise ValueError(f"the training window must be longer than {HOLDOUT_DAYS + 7} days, got {days}")
+    return days
+
+
+@dataclass(frozen=True)
+class HomeLayout:
+    """Paths of one source's namespace under a factory home."""
+
+    home: Path
+    source: str
+
+    @property
+    def root(self) -> Path:
+        return self.home / self.source
+
+    @property
+    def warehouse(self) -> Path:
+        return self.root / "warehouse.duckdb"
+
+    @property
+    def artefacts(self) -> Path:
+        return self.root / "artefacts"
+
+    @property
+    def aliases(self) -> Path:
+        return self.root / "aliases"
+
+    def ensure(self) -> "HomeLayout":
+        for path in (self.root, self.artefacts, self.aliases):
+            path.mkdir(parents=True, exist_ok=True)
+        return self
+
+
+def dagster_home(home: Path | None = None) -> Path:
+    """The Dagster instance directory, created and seeded with the project's ``dagster.yaml``.
+
+    ``$DAGSTER_HOME`` wins when set; otherwise ``<home>/dagster``.  An existing ``dagster.yaml`` there is
+    left alone (it is the user's).  Also sets ``DAGSTER_HOME`` in this process so Dagster finds it.
+
+    Raises:
+        FileNotFoundError: if the project's ``dagster.yaml`` is missing (a broken checkout).
+    """
+    path = Path(os.environ["DAGSTER_HOME"]) if os.environ.get("DAGSTER_HOME") else (home or factory_home()) / "dagster"
+    path = path.expanduser().resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    target = path / "dagster.yaml"
+    if not target.exists():
+        if not PROJECT_DAGSTER_YAML.exists():
+            raise FileNotFoundError(f"project instance configuration not found at {PROJECT_DAGSTER_YAML}")
+        shutil.copyfile(PROJECT_DAGSTER_YAML, target)
+    os.environ["DAGSTER_HOME"] = str(path)
+    return path

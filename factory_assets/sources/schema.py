@@ -1,0 +1,186 @@
+"""The common event schema every source produces, and row-level validation into accepted/quarantined.
+
+An event is one interaction of a user with an item:
+
+============  ===============================  ==================================================
+column        dtype (pandas / DuckDB)          meaning
+============  ===============================  ==================================================
+event_id      ``str`` / VARCHAR                unique per source, stable across re-reads
+user_id       ``str`` / VARCHAR                1-128 characters, never empty
+item_id       ``str`` / VARCHAR                1-128 characters, never empty
+event_type    ``str`` / VARCHAR                one of :data:`EVENT_TYPES`
+ts            ``datetime64[us, UTC]`` / TIMESTAMPTZ  when it happened, UTC
+quantity      ``int64`` / BIGINT               units (1 for views and ratings), 0 < q <= MAX_QUANTITY
+value         ``float64`` / DOUBLE             money for purchases/returns/carts, stars for ratings
+============  ===============================  ==================================================
+
+Rejected rows go to a quarantine frame with the same columns stored as text plus ``reason`` (a code from
+:data:`REASONS`) and ``detail`` (a human sentence naming the field).
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import date, datetime, time, timedelta, timezone
+
+import numpy as np
+import pandas as pd
+
+EVENT_COLUMNS: tuple[str, ...] = ("event_id", "user_id", "item_id", "event_type", "ts", "quantity", "value")
+EVENT_TYPES: tuple[str, ...] = ("view", "add_to_cart", "purchase", "rating", "return")
+MAX_ID_LENGTH = 128
+MAX_QUANTITY = 100_000
+
+QUARANTINE_COLUMNS: tuple[str, ...] = (*EVENT_COLUMNS, "reason", "detail", "source_file", "source_line")
+
+# Reason codes, one spelling everywhere (tables, metadata, tests).
+REASONS: dict[str, str] = {
+    "missing_id": "event_id, user_id or item_id is null or empty",
+    "id_too_long": f"an id is longer than {MAX_ID_LENGTH} characters",
+    "unknown_event_type": f"event_type is not one of {', '.join(EVENT_TYPES)}",
+    "bad_timestamp": "ts is missing or cannot be parsed",
+    "ts_outside_partition": "ts does not fall inside the partition's UTC day",
+    "bad_quantity": f"quantity is missing, not an integer, <= 0 or > {MAX_QUANTITY}",
+    "bad_value": "value is NaN or infinite",
+    "duplicate_event_id": "an earlier row in the same batch has the same event_id",
+    "missing_customer_id": "the source row has no customer (Online Retail)",
+    "adjustment": "bad-debt adjustment invoice, not an interaction (Online Retail 'A' invoices)",
+    "non_product_stock_code": "postage, fees and other service codes are not items (Online Retail)",
+    "negative_quantity": "negative quantity on a non-cancellation invoice (stock adjustment)",
+    "ambiguous_local_time": "local time falls in a daylight-saving gap or overlap",
+}
+
+
+def day_bounds(day: date) -> tuple[pd.Timestamp, pd.Timestamp]:
+    """Half-open UTC interval ``[start, end)`` of a calendar day, as tz-aware pandas Timestamps."""
+    start = datetime.combine(day, time(0), tzinfo=timezone.utc)
+    return pd.Timestamp(start), pd.Timestamp(start + timedelta(days=1))
+
+
+def empty_events() -> pd.DataFrame:
+    """An empty frame with the event schema's columns and dtypes."""
+    return pd.DataFrame(
+        {
+            "event_id": pd.Series([], dtype=object),
+            "user_id": pd.Series([], dtype=object),
+            "item_id": pd.Series([], dtype=object),
+            "event_type": pd.Series([], dtype=object),
+            "ts": pd.Series([], dtype="datetime64[us, UTC]"),
+            "quantity": pd.Series([], dtype="int64"),
+            "value": pd.Series([], dtype="float64"),
+        }
+    )
+
+
+def empty_quarantine() -> pd.DataFrame:
+    """An empty quarantine frame (every column text except ``source_line``)."""
+    frame = pd.DataFrame({c: pd.Series([], dtype=object) for c in QUARANTINE_COLUMNS})
+    frame["source_line"] = frame["source_line"].astype("Int64")
+    return frame
+
+
+def quarantine_rows(rows: pd.DataFrame, reason: str, detail: str | pd.Series) -> pd.DataFrame:
+    """Turn rejected rows (any columns) into quarantine rows with ``reason`` and ``detail``.
+
+    Raises:
+        KeyError: if ``reason`` is not a known code of :data:`REASONS`.
+    """
+    if reason not in REASONS:
+        raise KeyError(f"unknown quarantine reason {reason!r}; known: {sorted(REASONS)}")
+    out = pd.DataFrame(index=rows.index)
+    for column in EVENT_COLUMNS:
+        out[column] = rows[column].map(_to_text) if column in rows else None
+    out["reason"] = reason
+    out["detail"] = detail
+    out["source_file"] = rows["source_file"].astype(object) if "source_file" in rows else None
+    out["source_line"] = (
+        pd.to_numeric(rows["source_line"], errors="coerce").astype("Int64") if "source_line" in rows else pd.NA
+    )
+    return out.reset_index(drop=True).astype({"source_line": "Int64"})
+
+
+def _to_text(value: object) -> str | None:
+    if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NaT:
+        return None
+    if isinstance(value, pd.Timestamp):
+        return value.isoformat()
+    return str(value)
+
+
+def validate_events(frame: pd.DataFrame, day: date | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Split raw rows into accepted events (schema dtypes) and quarantined rows with a reason.
+
+    Args:
+        frame: rows with at least the :data:`EVENT_COLUMNS` (any dtypes; ``ts`` may be text with or
+            without an offset, naive text is read as UTC).  Optional ``source_file``/``source_line``
+            columns are carried into the quarantine.
+        day: when given, rows whose ``ts`` is outside that UTC day are quarantined
+            (``ts_outside_partition``).
+
+    Returns:
+        ``(accepted, quarantined)``; accepted has exactly :data:`EVENT_COLUMNS` with the documented dtypes,
+        sorted by ``(ts, event_id)``.  Every input row is in exactly one of the two.
+
+    Raises:
+        ValueError: if a required column is missing (the message names it).
+    """
+    missing = [c for c in EVENT_COLUMNS if c not in frame.columns]
+    if missing:
+        raise ValueError(f"events are missing required column(s) {missing}; got {list(frame.columns)}")
+    rest = frame.reset_index(drop=True).copy()
+    rejected: list[pd.DataFrame] = []
+
+    def reject(mask: pd.Series, reason: str, detail: str | pd.Series) -> None:
+        nonlocal rest
+        if mask.any():
+            d = detail[mask] if isinstance(detail, pd.Series) else detail
+            rejected.append(quarantine_rows(rest[mask], reason, d))
+            rest = rest[~mask]
+
+    for column in ("event_id", "user_id", "item_id"):
+        text = rest[column].map(_to_text)
+        stripped = text.map(lambda s: s.strip() if isinstance(s, str) else s)
+        reject(stripped.isna() | (stripped == ""), "missing_id", f"{column} is null or empty")
+        rest[column] = rest[column].map(_to_text)
+        reject(rest[column].str.len() > MAX_ID_LENGTH, "id_too_long", f"{column} longer than {MAX_ID_LENGTH}")
+
+    etype = rest["event_type"].map(_to_text).str.strip().str.lower()
+    reject(~etype.isin(EVENT_TYPES), "unknown_event_type", "event_type=" + etype.fillna("<null>").astype(str))
+    rest["event_type"] = rest["event_type"].map(_to_text).str.strip().str.lower()
+
+    ts = _parse_utc(rest["ts"])
+    reject(ts.isna(), "bad_timestamp", "ts=" + rest["ts"].map(_to_text).fillna("<null>").astype(str))
+    rest["ts"] = _parse_utc(rest["ts"])
+    if day is not None:
+        start, end = day_bounds(day)
+        outside = (rest["ts"] < start) | (rest["ts"] >= end)
+        reject(outside, "ts_outside_partition", f"ts not in [{start.isoformat()}, {end.isoformat()})")
+
+    quantity = pd.to_numeric(rest["quantity"], errors="coerce")
+    integral = quantity.notna() & np.isfinite(quantity) & (quantity == np.floor(quantity.fillna(0)))
+    bad_q = ~integral | (quantity <= 0) | (quantity > MAX_QUANTITY)
+    reject(bad_q, "bad_quantity", "quantity=" + rest["quantity"].map(_to_text).fillna("<null>").astype(str))
+    rest["quantity"] = pd.to_numeric(rest["quantity"]).astype("int64")
+
+    value = pd.to_numeric(rest["value"], errors="coerce").astype("float64")
+    reject(~np.isfinite(value), "bad_value", "value=" + rest["value"].map(_to_text).fillna("<null>").astype(str))
+    rest["value"] = pd.to_numeric(rest["value"]).astype("float64")
+
+    reject(rest["event_id"].duplicated(keep="first"), "duplicate_event_id", "event_id=" + rest["event_id"])
+
+    accepted = rest.loc[:, list(EVENT_COLUMNS)].sort_values(["ts", "event_id"], kind="stable")
+    accepted = accepted.reset_index(drop=True).astype(
+        {"event_id": object, "user_id": object, "item_id": object, "event_type": object, "quantity": "int64"}
+    )
+    accepted["ts"] = accepted["ts"].astype("datetime64[us, UTC]")
+    quarantined = pd.concat(rejected, ignore_index=True) if rejected else empty_quarantine()
+    return accepted, quarantined
+
+
+def _parse_utc(values: pd.Series) -> pd.Series:
+    """Parse timestamps to tz-aware UTC; naive values are taken as UTC, unparseable ones become NaT."""
+    if isinstance(values.dtype, pd.DatetimeTZDtype):
+        return values.dt.tz_convert("UTC")
+    if pd.api.types.is_datetime64_any_dtype(values.dtype):
+        return values.dt.tz_localize("UTC")
+    return pd.to_datetime(values, utc=True, errors="coerce", format="ISO8601")

@@ -1,0 +1,134 @@
+"""The DuckDB warehouse: raw events, quarantine and a ledger of written partitions.
+
+Every table is keyed by ``partition_day`` (a UTC ``DATE``).  A partition write is one transaction:
+delete that day, insert the new rows, record the ledger row; a failure rolls back and leaves the previous
+version.  The ledger is what tells a *complete, empty* day (a ledger row with ``row_count = 0``) from a
+*missing* one (no ledger row).
+
+SQL values are always parameters; table names come only from the constants in this module.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import date, datetime, timezone
+
+import duckdb
+import pandas as pd
+
+from factory_assets.sources.schema import EVENT_COLUMNS, QUARANTINE_COLUMNS
+
+RAW_EVENTS = "raw_events"
+QUARANTINE = "raw_events_quarantine"
+LEDGER = "partition_ledger"
+
+DDL: tuple[str, ...] = (
+    f"""CREATE TABLE IF NOT EXISTS {RAW_EVENTS} (
+        partition_day DATE NOT NULL, event_id VARCHAR NOT NULL, user_id VARCHAR NOT NULL,
+        item_id VARCHAR NOT NULL, event_type VARCHAR NOT NULL, ts TIMESTAMPTZ NOT NULL,
+        quantity BIGINT NOT NULL, value DOUBLE NOT NULL)""",
+    f"""CREATE TABLE IF NOT EXISTS {QUARANTINE} (
+        partition_day DATE NOT NULL, event_id VARCHAR, user_id VARCHAR, item_id VARCHAR,
+        event_type VARCHAR, ts VARCHAR, quantity VARCHAR, value VARCHAR, reason VARCHAR NOT NULL,
+        detail VARCHAR, source_file VARCHAR, source_line BIGINT)""",
+    f"""CREATE TABLE IF NOT EXISTS {LEDGER} (
+        asset VARCHAR NOT NULL, partition_day DATE NOT NULL, data_version VARCHAR NOT NULL,
+        row_count BIGINT NOT NULL, written_at TIMESTAMPTZ NOT NULL, PRIMARY KEY (asset, partition_day))""",
+)
+
+
+def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
+    """Create the warehouse tables if they do not exist (idempotent)."""
+    for statement in DDL:
+        con.execute(statement)
+
+
+def frame_data_version(frame: pd.DataFrame, salt: str = "") -> str:
+    """A content hash of a frame (column names, dtypes and values, row order as given), hex sha256.
+
+    Callers sort rows first so that equal content gives an equal version.
+    """
+    digest = hashlib.sha256(salt.encode())
+    digest.update("|".join(f"{c}:{frame[c].dtype}" for c in frame.columns).encode())
+    if len(frame):
+        digest.update(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
+    return digest.hexdigest()
+
+
+def record_partition(con: duckdb.DuckDBPyConnection, asset: str, day: date, data_version: str, row_count: int) -> None:
+    """Upsert the ledger row of ``(asset, day)`` (inside the caller's transaction)."""
+    con.execute(
+        f"INSERT OR REPLACE INTO {LEDGER} VALUES (?, ?, ?, ?, ?)",
+        [asset, day, data_version, int(row_count), datetime.now(timezone.utc)],
+    )
+
+
+def write_raw_partition(
+    con: duckdb.DuckDBPyConnection, day: date, events: pd.DataFrame, quarantined: pd.DataFrame
+) -> str:
+    """Atomically replace one day of raw events and its quarantine; return the partition's data version.
+
+    Args:
+        events: validated events (:data:`EVENT_COLUMNS`, schema dtypes), all with ``ts`` on ``day``.
+        quarantined: rejected rows (:data:`QUARANTINE_COLUMNS`).
+
+    Raises:
+        duckdb.Error: the transaction is rolled back and the previous version of the day stays.
+    """
+    ordered = events.loc[:, list(EVENT_COLUMNS)].sort_values(["event_id"], kind="stable").reset_index(drop=True)
+    version = frame_data_version(ordered)
+    q = quarantined.loc[:, list(QUARANTINE_COLUMNS)].copy()
+    con.execute("BEGIN TRANSACTION")
+    try:
+        con.execute(f"DELETE FROM {RAW_EVENTS} WHERE partition_day = ?", [day])
+        con.execute(f"DELETE FROM {QUARANTINE} WHERE partition_day = ?", [day])
+        con.register("_new_events", ordered)
+        con.execute(
+            f"INSERT INTO {RAW_EVENTS} SELECT ?::DATE, event_id, user_id, item_id, event_type, ts, quantity, value "
+            "FROM _new_events",
+            [day],
+        )
+        con.register("_new_quarantine", q)
+        con.execute(
+            f"INSERT INTO {QUARANTINE} SELECT ?::DATE, event_id, user_id, item_id, event_type, ts, quantity, value, "
+            "reason, detail, source_file, source_line FROM _new_quarantine",
+            [day],
+        )
+        record_partition(con, RAW_EVENTS, day, version, len(ordered))
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    finally:
+        for view in ("_new_events", "_new_quarantine"):
+            try:
+                con.unregister(view)
+            except duckdb.Error:
+                pass
+    return version
+
+
+def read_raw_partition(con: duckdb.DuckDBPyConnection, day: date) -> pd.DataFrame:
+    """One day of raw events (:data:`EVENT_COLUMNS`), ordered by ``event_id``."""
+    return con.execute(
+        f"SELECT {', '.join(EVENT_COLUMNS)} FROM {RAW_EVENTS} WHERE partition_day = ? ORDER BY event_id", [day]
+    ).df()
+
+
+def ledger(con: duckdb.DuckDBPyConnection, asset: str, start: date, end: date) -> pd.DataFrame:
+    """Ledger rows of ``asset`` for the inclusive day range: ``partition_day``, ``data_version``, ``row_count``."""
+    frame = con.execute(
+        f"SELECT partition_day, data_version, row_count FROM {LEDGER} "
+        "WHERE asset = ? AND partition_day BETWEEN ? AND ? ORDER BY partition_day",
+        [asset, start, end],
+    ).df()
+    frame["partition_day"] = pd.to_datetime(frame["partition_day"]).dt.date
+    return frame
+
+
+def quarantine_summary(con: duckdb.DuckDBPyConnection, day: date) -> dict[str, int]:
+    """Quarantined row counts by reason code for one day."""
+    rows = con.execute(
+        f"SELECT reason, count(*) FROM {QUARANTINE} WHERE partition_day = ? GROUP BY reason ORDER BY reason", [day]
+    ).fetchall()
+    return {reason: int(n) for reason, n in rows}
