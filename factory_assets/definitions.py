@@ -11,7 +11,6 @@ from dagster import AssetSelection, Definitions, define_asset_job
 
 from factory_assets.assets.features import item_daily, user_item_daily
 from factory_assets.assets.models import candidate_model, training_window
-from factory_assets.assets.partitions import DAILY
 from factory_assets.assets.raw import raw_events
 from factory_assets.assets.serving import served_model
 from factory_assets.resources import FactoryResource
@@ -25,13 +24,11 @@ TRAINING_JOB = "daily_training"
 daily_ingest = define_asset_job(
     INGEST_JOB,
     selection=AssetSelection.assets(*DATAOPS_ASSETS),
-    partitions_def=DAILY,
     description="One UTC day: raw events from the source, then the day's feature partitions.",
 )
 daily_training = define_asset_job(
     TRAINING_JOB,
     selection=AssetSelection.assets(*MLOPS_ASSETS),
-    partitions_def=DAILY,
     description="The day's training window, candidate (with its blocking gates) and, if they pass, promotion.",
 )
 

@@ -41,7 +41,7 @@ class PromotionPolicy(Config):
     """Thresholds of the promotion gates (blocking asset checks on ``candidate_model``)."""
 
     baseline_margin: float = Field(
-        default=0.02, description="candidate NDCG@10 must be >= (1 + margin) x the best baseline's"
+        default=0.01, description="candidate NDCG@10 must be >= (1 + margin) x the best baseline's"
     )
     champion_tolerance: float = Field(
         default=0.01, description="candidate NDCG@10 may be at most this much (absolute) below the champion's"

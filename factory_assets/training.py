@@ -11,7 +11,7 @@ Steps (no test day is ever used for fitting or tuning):
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import date
 
 import pandas as pd
@@ -25,7 +25,7 @@ from factory_assets.recsys.evaluation import (
     evaluate_baselines,
     model_scores,
     temporal_split,
-    tune_history_weight,
+    tune_als_weight,
 )
 from factory_assets.recsys.metrics import RankingReport
 from factory_assets.recsys.model import BlendModel, ModelParams, fit_model
@@ -47,7 +47,7 @@ class CandidateResult:
         extra = {
             "train_days": [d.isoformat() for d in self.split.train_days],
             "test_days": [d.isoformat() for d in self.split.test_days],
-            "history_weight": self.eval_model.history_weight,
+            "als_weight": self.eval_model.als_weight,
         }
         return {
             "model": self.model_report.as_dict() | extra,
@@ -72,11 +72,11 @@ def train_candidate(window: pd.DataFrame, bounds: tuple[date, date], holdout_day
             f"no user converted both in {split.train_days[0]}..{split.train_days[1]} and in "
             f"{split.test_days[0]}..{split.test_days[1]}: nothing to evaluate"
         )
-    tuning = tune_history_weight(split.train, split.train_days, params, holdout_days)
-    eval_model = fit_model(split.train, split.train_days[1], params, tuning.history_weight)
+    tuning = tune_als_weight(split.train, split.train_days, params, holdout_days)
+    eval_model = fit_model(split.train, split.train_days[1], params, tuning.als_weight)
     report = evaluate(model_scores(eval_model, eval_set), eval_set)
-    plain_als = evaluate(model_scores(replace(eval_model, history_weight=0.0), eval_set), eval_set)
-    served = fit_model(window, bounds[1], params, tuning.history_weight)
+    plain_als = evaluate(model_scores(eval_model.als_only(), eval_set), eval_set)
+    served = fit_model(window, bounds[1], params, tuning.als_weight)
     return CandidateResult(
         split=split,
         eval_set=eval_set,

@@ -102,8 +102,9 @@ class CandidateConfig(Config):
     alpha: float = Field(default=2.0, description="ALS confidence scale")
     iterations: int = Field(default=15, description="ALS sweeps")
     seed: int = Field(default=42, description="ALS random_state (int: fits are reproducible)")
-    half_life_days: float = Field(default=14.0, description="recency half-life of interaction weights, days")
-    history_weight: float | None = Field(default=None, description="fixed history weight; None = tune on train days")
+    half_life_days: float = Field(default=28.0, description="recency half-life of interaction weights, days")
+    popularity_weight: float = Field(default=1.0, description="weight of the normalised item popularity term")
+    als_weight: float | None = Field(default=None, description="fixed ALS weight; None = tune on the train days")
 
     def params(self) -> ModelParams:
         return ModelParams(**self.model_dump())
@@ -215,7 +216,7 @@ def candidate_model(context: AssetExecutionContext, config: CandidateConfig, fac
             "manifest_sha256": manifest_sha,
             "ndcg_at_10": evaluation["model"]["ndcg_at_10"],
             "n_eval_users": evaluation["model"]["n_users"],
-            "history_weight": result.eval_model.history_weight,
+            "als_weight": result.eval_model.als_weight,
             "evaluation": MetadataValue.md(evaluation_markdown(evaluation, record["champion"], gates)),
         },
     )

@@ -40,11 +40,15 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` via a temporary file and ``os.replace``: readers see old or new, never half."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a failed write leaves no stray temporary file
+        raise
 
 
 def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
@@ -80,7 +84,7 @@ def model_arrays(model: BlendModel) -> dict[str, np.ndarray]:
         "history_indices": history.indices.astype(np.int32),
         "history_indptr": history.indptr.astype(np.int64),
         "popularity": model.popularity.astype(np.float32),
-        "history_weight": np.asarray([model.history_weight], dtype=np.float64),
+        "als_weight": np.asarray([model.als_weight], dtype=np.float64),
         "params_json": np.asarray([json.dumps(model.params.as_dict(), sort_keys=True)]),
     }
 
@@ -94,7 +98,7 @@ def model_from_arrays(arrays: dict[str, np.ndarray]) -> BlendModel:
         shape=(len(user_ids), len(item_ids)),
     )
     params = json.loads(str(arrays["params_json"][0]))
-    params["history_weight_grid"] = tuple(params["history_weight_grid"])
+    params["als_weight_grid"] = tuple(params["als_weight_grid"])
     return BlendModel(
         user_ids=user_ids,
         item_ids=item_ids,
@@ -102,7 +106,7 @@ def model_from_arrays(arrays: dict[str, np.ndarray]) -> BlendModel:
         item_factors=arrays["item_factors"],
         history=history,
         popularity=arrays["popularity"],
-        history_weight=float(arrays["history_weight"][0]),
+        als_weight=float(arrays["als_weight"][0]),
         params=ModelParams(**params),
     )
 

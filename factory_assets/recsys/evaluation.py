@@ -13,7 +13,7 @@ Protocol (used for the candidate, both baselines and the champion alike):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, timedelta
 
 import numpy as np
@@ -112,35 +112,29 @@ def evaluate_baselines(train: pd.DataFrame, eval_set: EvalSet, k: int = K) -> di
 
 @dataclass(frozen=True)
 class Tuning:
-    """The chosen history weight and the search trace (inner-validation NDCG@10 per grid value)."""
+    """The chosen ALS weight and the search trace (inner-validation NDCG@10 per grid value)."""
 
-    history_weight: float
+    als_weight: float
     trace: list[dict[str, float]]
 
 
-def tune_history_weight(train: pd.DataFrame, train_days: tuple[date, date], params: ModelParams, holdout_days: int) -> Tuning:
-    """Choose ``b`` on an inner split of the TRAINING days only (its last ``holdout_days`` as validation).
+def tune_als_weight(train: pd.DataFrame, train_days: tuple[date, date], params: ModelParams, holdout_days: int) -> Tuning:
+    """Choose the ALS weight ``a`` on an inner split of the TRAINING days only (its last ``holdout_days`` as validation).
 
     One ALS fit on the inner-train days; every grid value is scored on the same inner-validation users.
     Falls back to the grid's middle value when the inner split has no evaluable users.
     """
-    if params.history_weight is not None:
-        return Tuning(params.history_weight, [])
-    grid = params.history_weight_grid
+    if params.als_weight is not None:
+        return Tuning(params.als_weight, [])
+    grid = params.als_weight_grid
     inner = temporal_split(train, train_days, holdout_days)
     eval_set = build_eval_set(inner.train, inner.test)
     if len(eval_set.user_ids) == 0 or inner.train.empty:
         return Tuning(grid[len(grid) // 2], [])
-    model = fit_model(inner.train, inner.train_days[1], params, history_weight=0.0)
+    model = fit_model(inner.train, inner.train_days[1], params, als_weight=0.0)
     trace = []
-    for b in grid:
-        report = evaluate(model_scores(_with_weight(model, b), eval_set), eval_set)
-        trace.append({"history_weight": b, "validation_ndcg_at_10": round(report.ndcg, 6), "n_users": report.n_users})
-    best = max(trace, key=lambda row: row["validation_ndcg_at_10"])  # first maximum: smallest b on ties
-    return Tuning(float(best["history_weight"]), trace)
-
-
-def _with_weight(model: BlendModel, b: float) -> BlendModel:
-    from dataclasses import replace
-
-    return replace(model, history_weight=b)
+    for weight in grid:
+        report = evaluate(model_scores(replace(model, als_weight=weight), eval_set), eval_set)
+        trace.append({"als_weight": weight, "validation_ndcg_at_10": round(report.ndcg, 6), "n_users": report.n_users})
+    best = max(trace, key=lambda row: row["validation_ndcg_at_10"])  # first maximum: smallest weight on ties
+    return Tuning(float(best["als_weight"]), trace)

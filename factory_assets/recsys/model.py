@@ -1,16 +1,17 @@
-"""The candidate recommender: implicit ALS blended with the user's own recency-weighted history.
+"""The candidate recommender: the user's own recency-weighted history, item popularity and implicit ALS.
 
 On retail logs a customer's own past purchases are the strongest single signal (the repeat-purchase
 baseline), so a plain ALS often loses to it.  The model scores every item as
 
-    score(u, i) = (1 - b) * als(u, i) / max_j als(u, j)  +  b * log1p(h(u, i)) / log1p(max_j h(u, j))
-                  + 1e-3 * pop(i) / max_j pop(j)
+    score(u, i) = log1p(h(u, i))  +  p * pop(i) / max_j pop(j)  +  a * als(u, i) / max_j als(u, j)
 
-where ``als`` is the ALS dot product (clipped at 0), ``h`` the user's recency-weighted conversions
-(purchases, or ratings >= 4 stars) and ``pop`` the recency-weighted conversions of all users (a tie-breaker
-and the cold-start fallback).  The history weight ``b`` is chosen on an inner validation split carved from
-the training days only (never the held-out test days).  ALS is Hu, Koren & Volinsky (2008), "Collaborative
-Filtering for Implicit Feedback Datasets", as implemented by ``implicit``.
+where ``h`` is the user's recency-weighted conversions (purchases, or ratings >= 4 stars; half-life
+``half_life_days``), ``pop`` the recency-weighted conversions of all users (also the cold-start fallback), and
+``als`` the ALS dot product clipped at 0.  An item the user converted on outranks unseen items unless the
+collaborative and popularity evidence is strong (``a + p`` exceeds ``log1p`` of the history weight).  The ALS
+weight ``a`` is chosen on an inner validation split carved from the training days only (never the held-out
+test days).  ALS is Hu, Koren & Volinsky (2008), "Collaborative Filtering for Implicit Feedback Datasets",
+as implemented by ``implicit``.
 """
 
 from __future__ import annotations
@@ -28,9 +29,6 @@ from factory_assets.recsys.matrix import Interactions
 
 log = logging.getLogger(__name__)
 
-POPULARITY_TIE_BREAK = 1e-3
-
-
 @dataclass(frozen=True)
 class ModelParams:
     """Hyper-parameters; everything that changes the artefact's bytes is here (and in the manifest)."""
@@ -41,13 +39,14 @@ class ModelParams:
     iterations: int = 15
     seed: int = 42
     num_threads: int = 1
-    half_life_days: float = 14.0
-    history_weight: float | None = None
-    history_weight_grid: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8, 0.9)
+    half_life_days: float = 28.0
+    popularity_weight: float = 1.0
+    als_weight: float | None = None
+    als_weight_grid: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0)
 
     def as_dict(self) -> dict:
         out = asdict(self)
-        out["history_weight_grid"] = list(self.history_weight_grid)
+        out["als_weight_grid"] = list(self.als_weight_grid)
         return out
 
 
@@ -65,19 +64,24 @@ class BlendModel:
     item_factors: np.ndarray
     history: sp.csr_matrix
     popularity: np.ndarray
-    history_weight: float
+    als_weight: float
     params: ModelParams = field(default_factory=ModelParams)
 
     def user_rows(self, user_ids: np.ndarray | list[str]) -> np.ndarray:
         """Row of each user id, ``-1`` for users the model has never seen (cold start)."""
         return Interactions(self.history, self.user_ids, self.item_ids).user_index(user_ids)
 
+    def als_only(self) -> "BlendModel":
+        """The plain-ALS reference: the same factors without the history and popularity terms."""
+        empty = sp.csr_matrix(self.history.shape, dtype=np.float32)
+        return replace(self, history=empty, als_weight=1.0, params=replace(self.params, popularity_weight=0.0))
+
     def scores(self, rows: np.ndarray) -> np.ndarray:
-        """Blended scores ``(len(rows), n_items)`` float64; rows ``-1`` get the popularity fallback."""
+        """Scores ``(len(rows), n_items)`` float64 per the module formula; rows ``-1`` get popularity only."""
         rows = np.asarray(rows, dtype=np.int64)
         pop = self.popularity.astype(np.float64)
         pop_norm = pop / pop.max() if len(pop) and pop.max() > 0 else np.zeros_like(pop)
-        out = np.tile(pop_norm, (len(rows), 1))
+        out = np.tile(self.params.popularity_weight * pop_norm, (len(rows), 1))
         known = rows >= 0
         if known.any():
             r = rows[known]
@@ -85,10 +89,7 @@ class BlendModel:
             als_max = als.max(axis=1, keepdims=True)
             als_norm = np.divide(als, als_max, out=np.zeros_like(als), where=als_max > 0)
             hist = np.log1p(self.history[r].toarray().astype(np.float64))
-            hist_max = hist.max(axis=1, keepdims=True)
-            hist_norm = np.divide(hist, hist_max, out=np.zeros_like(hist), where=hist_max > 0)
-            b = self.history_weight
-            out[known] = (1 - b) * als_norm + b * hist_norm + POPULARITY_TIE_BREAK * pop_norm
+            out[known] += hist + self.als_weight * als_norm
         return out
 
 
@@ -98,7 +99,7 @@ def recency_decay(days: pd.Series, as_of: date, half_life_days: float) -> np.nda
     return np.power(0.5, age / half_life_days)
 
 
-def fit_model(train: pd.DataFrame, as_of: date, params: ModelParams, history_weight: float) -> BlendModel:
+def fit_model(train: pd.DataFrame, as_of: date, params: ModelParams, als_weight: float) -> BlendModel:
     """Fit ALS and the history/popularity terms on user x item daily features.
 
     Args:
@@ -106,7 +107,7 @@ def fit_model(train: pd.DataFrame, as_of: date, params: ModelParams, history_wei
             (str), ``weight`` (float, event-type weighted interactions), ``n_conversions`` (int).
         as_of: the last training day; recency ages are counted from it (days, UTC).
         params: hyper-parameters (seeded, fixed thread count: fits are bit-reproducible).
-        history_weight: ``b`` in the module formula, in ``[0, 1]``.
+        als_weight: ``a`` in the module formula (>= 0).
 
     Raises:
         ValueError: if ``train`` is empty (nothing to learn from).
@@ -141,6 +142,6 @@ def fit_model(train: pd.DataFrame, as_of: date, params: ModelParams, history_wei
         item_factors=np.ascontiguousarray(als.item_factors, dtype=np.float32),
         history=hist.matrix,
         popularity=popularity.astype(np.float32),
-        history_weight=float(history_weight),
-        params=replace(params, history_weight=float(history_weight)),
+        als_weight=float(als_weight),
+        params=replace(params, als_weight=float(als_weight)),
     )

@@ -1,0 +1,60 @@
+"""Test helpers: a small simulated shop, and functions that drive the real asset graph with ``materialize()``."""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+from pathlib import Path
+
+import pytest
+from dagster import DagsterInstance, ExecuteInProcessResult, materialize
+
+from factory_assets.definitions import DATAOPS_ASSETS, MLOPS_ASSETS
+from factory_assets.resources import FactoryResource, SimulatorOptions
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+ALL_ASSETS = [*DATAOPS_ASSETS, *MLOPS_ASSETS]
+INGEST = ["raw_events", "user_item_daily", "item_daily"]
+TRAIN = ["training_window", "candidate_model", "served_model"]
+
+# A shop small enough for a 28-day window to ingest and train in seconds.
+SMALL_SHOP = {"n_users": 400, "n_items": 120, "events_per_day": 3000, "seed": 11, "shift_date": "2024-11-11"}
+FIRST_DAY = date(2024, 10, 1)
+
+
+def days(start: date, n: int) -> list[date]:
+    """``n`` consecutive days from ``start``."""
+    return [start + timedelta(days=i) for i in range(n)]
+
+
+def require_shared(*parts: str) -> Path:
+    """Path under ../shared/data, or skip the test with a clear reason when it is absent."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"shared dataset not found at {path} (needs the repository's ../shared/data)")
+    return path
+
+
+def small_factory(home: Path, **overrides) -> FactoryResource:
+    return FactoryResource(home=str(home), source="simulator", source_path="", simulator=SimulatorOptions(**SMALL_SHOP), **overrides)
+
+
+def run(factory: FactoryResource, day: date, selection: list[str], instance: DagsterInstance | None = None) -> ExecuteInProcessResult:
+    return materialize(
+        ALL_ASSETS,
+        selection=selection,
+        partition_key=day.isoformat(),
+        resources={"factory": factory},
+        instance=instance,
+        raise_on_error=False,
+    )
+
+
+def ingest(factory: FactoryResource, ingest_days: list[date]) -> None:
+    for day in ingest_days:
+        result = run(factory, day, INGEST)
+        assert result.success, f"ingest {day} failed"
+
+
+def train(factory: FactoryResource, day: date, instance: DagsterInstance | None = None) -> ExecuteInProcessResult:
+    return run(factory, day, TRAIN, instance)
