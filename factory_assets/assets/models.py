@@ -94,16 +94,19 @@ def training_window(context: AssetExecutionContext, factory: FactoryResource) ->
     )
 
 
-class CandidateConfig(Config):
-    """Hyper-parameters of the candidate (``ModelParams``); defaults suit a daily 28-day window."""
+_DEFAULTS = ModelParams()
 
-    factors: int = Field(default=64, description="ALS latent factors")
-    regularization: float = Field(default=0.05, description="ALS L2 regularisation")
-    alpha: float = Field(default=2.0, description="ALS confidence scale")
-    iterations: int = Field(default=15, description="ALS sweeps")
-    seed: int = Field(default=42, description="ALS random_state (int: fits are reproducible)")
-    half_life_days: float = Field(default=28.0, description="recency half-life of interaction weights, days")
-    popularity_weight: float = Field(default=1.0, description="weight of the normalised item popularity term")
+
+class CandidateConfig(Config):
+    """Hyper-parameters of the candidate (run config); defaults are ``ModelParams``'s."""
+
+    factors: int = Field(default=_DEFAULTS.factors, description="ALS latent factors")
+    regularization: float = Field(default=_DEFAULTS.regularization, description="ALS L2 regularisation")
+    alpha: float = Field(default=_DEFAULTS.alpha, description="ALS confidence scale")
+    iterations: int = Field(default=_DEFAULTS.iterations, description="ALS sweeps")
+    seed: int = Field(default=_DEFAULTS.seed, description="ALS random_state (an int: fits are reproducible)")
+    half_life_days: float = Field(default=_DEFAULTS.half_life_days, description="recency half-life of interactions, days")
+    popularity_weight: float = Field(default=_DEFAULTS.popularity_weight, description="weight of the popularity term")
     als_weight: float | None = Field(default=None, description="fixed ALS weight; None = tune on the train days")
 
     def params(self) -> ModelParams:

@@ -39,7 +39,7 @@ class ModelParams:
     iterations: int = 15
     seed: int = 42
     num_threads: int = 1
-    half_life_days: float = 28.0
+    half_life_days: float = 56.0
     popularity_weight: float = 1.0
     als_weight: float | None = None
     als_weight_grid: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0)

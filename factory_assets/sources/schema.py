@@ -21,6 +21,7 @@ Rejected rows go to a quarantine frame with the same columns stored as text plus
 from __future__ import annotations
 
 import math
+import re
 from datetime import date, datetime, time, timedelta, timezone
 
 import numpy as np
@@ -183,4 +184,14 @@ def _parse_utc(values: pd.Series) -> pd.Series:
         return values.dt.tz_convert("UTC")
     if pd.api.types.is_datetime64_any_dtype(values.dtype):
         return values.dt.tz_localize("UTC")
-    return pd.to_datetime(values, utc=True, errors="coerce", format="ISO8601")
+    # pandas' ISO8601 parser gives a naive string the offset of the aware string before it in the same
+    # call, so strings with an explicit offset are parsed apart from the rest.
+    aware = values.map(lambda v: isinstance(v, str) and _OFFSET.search(v) is not None).astype(bool)
+    out = pd.Series(pd.NaT, index=values.index, dtype="datetime64[ns, UTC]")
+    for mask in (aware, ~aware):
+        if mask.any():
+            out[mask] = pd.to_datetime(values[mask], utc=True, errors="coerce", format="ISO8601")
+    return out
+
+
+_OFFSET = re.compile(r"[Tt ]\d[\d:.,]*\s*(?:[Zz]|[+-]\d{2}(?::?\d{2})?)\s*$")  # a time followed by a UTC offset

@@ -153,3 +153,37 @@ def test_empty_frame():
     assert list(quarantined.columns) == list(QUARANTINE_COLUMNS)
     assert str(accepted["ts"].dtype) == "datetime64[us, UTC]"
     assert accepted["quantity"].dtype == np.int64 and accepted["value"].dtype == np.float64
+
+
+def test_naive_text_after_offset_text_is_still_utc():
+    # Regression: pandas' ISO8601 parser used to give the naive row the +05:00 of the row before it.
+    frame = pd.DataFrame(
+        {
+            "event_id": ["a", "b", "c"],
+            "user_id": ["u", "u", "u"],
+            "item_id": ["i", "i", "i"],
+            "event_type": ["view", "view", "view"],
+            "ts": ["2024-10-02T10:00:00+05:00", "2024-10-02T12:30:00", "2024-10-02T12:00:00-03:00"],
+            "quantity": [1, 1, 1],
+            "value": [0.0, 0.0, 0.0],
+        }
+    )
+    accepted, quarantined = validate_events(frame, DAY)
+    assert quarantined.empty
+    # a: 10:00+05:00 = 05:00Z; b: naive = 12:30Z; c: 12:00-03:00 = 15:00Z
+    assert dict(zip(accepted["event_id"], accepted["ts"])) == {
+        "a": pd.Timestamp("2024-10-02 05:00", tz="UTC"),
+        "b": pd.Timestamp("2024-10-02 12:30", tz="UTC"),
+        "c": pd.Timestamp("2024-10-02 15:00", tz="UTC"),
+    }
+
+
+@pytest.mark.parametrize("broken", [{"event_id": None}, {"ts": "nope"}, {"quantity": 0.0}, {"value": np.nan}])
+def test_all_rows_rejected_with_numeric_columns(broken):
+    good = {"event_id": "e", "user_id": "u", "item_id": "i", "event_type": "view", "ts": "2024-10-02T10:00:00Z",
+            "quantity": 1.0, "value": 2.0}
+    frame = pd.DataFrame([{**good, **broken}, {**good, **broken, "event_id": "e2" if "event_id" not in broken else None}])
+    assert frame["value"].dtype == np.float64 and frame["quantity"].dtype == np.float64
+    accepted, quarantined = validate_events(frame, DAY)
+    assert accepted.empty and len(quarantined) == 2
+    assert list(accepted.columns) == list(EVENT_COLUMNS)

@@ -1,0 +1,61 @@
+"""``factory run``: argument checks in-process, and one real run whose stdout must be exactly one JSON document."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from factory_assets import cli
+from factory_assets_tests.helpers import REPO_ROOT
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(monkeypatch, tmp_path):
+    for name in ("FACTORY_SOURCE", "FACTORY_SOURCE_PATH", "FACTORY_WINDOW_DAYS"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("FACTORY_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster"))
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--start", "2024-11-02", "--end", "2024-11-01"], "is after --end"),
+        (["--start", "1990-01-01", "--end", "1990-03-01"], "before the first partition"),
+        (["--start", "2024-01-01", "--end", "2999-01-01"], "after the last complete UTC day"),
+        (["--start", "2024-11-01", "--end", "2024-11-10"], "needs a full 28-day window"),
+        (["--start", "2024-11-31", "--end", "2024-12-10"], "is not an ISO date"),
+        (["--source", "online_retail", "--start", "2011-10-01", "--end", "2011-11-30"], "needs --path"),
+        (["--source", "movielens", "--path", "/nonexistent/ratings.csv", "--start", "2011-10-01", "--end", "2011-11-30"], "does not exist"),
+    ],
+)
+def test_bad_ranges_and_sources_are_refused_with_a_clear_message(argv, message):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["run", *argv])
+    assert message in str(exc.value)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_factory_run_json_prints_one_document_and_serves_a_model(tmp_path):
+    env = {**os.environ, "FACTORY_HOME": str(tmp_path / "home"), "DAGSTER_HOME": str(tmp_path / "dagster"),
+           "FACTORY_WINDOW_DAYS": "15"}
+    out = subprocess.run(
+        [sys.executable, "-m", "factory_assets.cli", "run", "--start", "2024-10-01", "--end", "2024-10-16", "--json"],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=280,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    summary = json.loads(out.stdout)  # the whole of stdout is one JSON document
+    assert set(summary["evaluation"]["baselines"]) == {"popularity", "repeat"}
+    assert summary["evaluation"]["model"]["ndcg_at_10"] > max(b["ndcg_at_10"] for b in summary["evaluation"]["baselines"].values())
+    assert summary["partitions"] == [f"2024-10-{d:02d}" for d in range(1, 17)]
+    assert [t["partition"] for t in summary["trained"]] == ["2024-10-15", "2024-10-16"]
+    assert summary["served_model"]["version"] == 2 and len(summary["served_model"]["sha256"]) == 64
+    assert {c["name"] for c in summary["checks"]} == {"window_complete", "beats_baseline", "not_worse_than_champion", "safe_to_serve"}
+    assert summary["registry"] == {"versions": 2, "promotions": 2}
+    assert all(r["success"] for r in summary["runs"]) and len(summary["runs"]) == 18
+    assert (tmp_path / "dagster" / "dagster.yaml").exists()  # the instance was seeded with the project's config
