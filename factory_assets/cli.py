@@ -174,7 +174,7 @@ def _print_human(summary: dict) -> None:
     print(f"  served model: {'none' if served is None else 'v' + str(served['version']) + ' ' + served['path']}", file=out)
     print(f"  registry: {summary['registry']['versions']} versions, {summary['registry']['promotions']} promotions", file=out)
     print(f"  warehouse: {summary['warehouse']}", file=out)
-    print(f"  Dagster UI: DAGSTER_HOME={summary['dagster_home']} dagster dev   (or: factory dev)", file=out)
+    print(f"  Dagster UI: ./dev ui   (DAGSTER_HOME={summary['dagster_home']})", file=out)
 
 
 def dev(extra: list[str]) -> int:

@@ -154,26 +154,30 @@ def test_promotion_then_nan_model_is_rejected_and_champion_stays(home_copy, monk
     assert statuses == {1: "champion", 2: "rejected"}
 
 
-def test_worse_model_is_rejected_by_the_baseline_gate(home_copy, monkeypatch):
+def test_worse_model_is_rejected_by_the_baseline_gate_and_champion_stays(home_copy, monkeypatch):
     factory = small_factory(home_copy)
+    instance = DagsterInstance.ephemeral()
+    assert train(factory, TRAIN_DAY, instance).success
+    aliases = home_copy / "simulator" / "aliases"
+    champion = registry.read_alias(aliases)
 
     def worse(result):  # random factors and no history: a model that knows nothing
+        from factory_assets.recsys.evaluation import evaluate, model_scores
+
         rng = np.random.default_rng(0)
         broken = replace(
             result.eval_model.als_only(),
             user_factors=rng.normal(size=result.eval_model.user_factors.shape).astype(np.float32),
         )
-        from factory_assets.recsys.evaluation import evaluate, model_scores
-
         report = evaluate(model_scores(broken, result.eval_set), result.eval_set)
         return replace(result, eval_model=broken, model_report=report)
 
     _inject(monkeypatch, worse)
-    result = train(factory, TRAIN_DAY)
-    gate = _check(result, "beats_baseline")
-    assert not gate.passed
+    result = train(factory, TRAIN_DAY + timedelta(days=1), instance)
+    assert not _check(result, "beats_baseline").passed
+    assert not _check(result, "not_worse_than_champion").passed
     assert "served_model" not in _materialized(result)
-    assert registry.read_alias(home_copy / "simulator" / "aliases") is None
+    assert registry.read_alias(aliases) == champion
 
 
 def test_successive_days_promote_and_keep_history(home_copy):
