@@ -45,10 +45,24 @@ def beats_baseline(model_ndcg: float, baseline_ndcg: dict[str, float], margin: f
     )
 
 
-def not_worse_than_champion(model_ndcg: float, champion_ndcg: float | None, tolerance: float, champion_version: int | None) -> GateResult:
-    """Pass when there is no champion, or ``model_ndcg >= champion_ndcg - tolerance`` on the same eval set."""
+def not_worse_than_champion(
+    model_ndcg: float,
+    champion_ndcg: float | None,
+    tolerance: float,
+    champion_version: int | None,
+    champion_must_go: str | None = None,
+) -> GateResult:
+    """Pass when there is no champion, or ``model_ndcg >= champion_ndcg - tolerance`` on the same eval set.
+
+    ``champion_must_go`` (a reason, e.g. the champion was trained on erased data) waives the comparison.
+    """
     if champion_ndcg is None:
         return GateResult(NOT_WORSE_THAN_CHAMPION, True, "no champion yet: the first passing candidate is served", {})
+    if champion_must_go:
+        return GateResult(
+            NOT_WORSE_THAN_CHAMPION, True, f"champion v{champion_version} must be replaced: {champion_must_go}",
+            {"champion_ndcg_at_10": champion_ndcg, "champion_version": champion_version},
+        )
     required = champion_ndcg - tolerance
     passed = bool(np.isfinite(model_ndcg)) and model_ndcg >= required
     return GateResult(

@@ -23,7 +23,7 @@ from factory_assets.features import store
 from factory_assets.registry import registry
 from factory_assets.settings import HomeLayout
 from factory_assets.sources import EventSource, make_source
-from factory_assets import warehouse
+from factory_assets import maintenance, warehouse
 
 
 class SimulatorOptions(Config):
@@ -86,4 +86,5 @@ class FactoryResource(ConfigurableResource):
             warehouse.ensure_schema(con)
             store.ensure_schema(con)
             registry.ensure_schema(con)
+            maintenance.ensure_schema(con)
             yield con

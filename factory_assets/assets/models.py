@@ -144,9 +144,11 @@ def candidate_model(context: AssetExecutionContext, config: CandidateConfig, fac
             )
         start, end = (date.fromisoformat(window[k]) for k in ("start", "end"))
         frame = store.read_window(con, start, end)
+        champion = registry.read_alias(layout.aliases)
+        champion_tainted = champion is not None and registry.has_event(con, champion["version"], registry.ERASED_DATA)
     result = train_candidate(frame, (start, end), HOLDOUT_DAYS, config.params())
 
-    champion, champion_report = registry.read_alias(layout.aliases), None
+    champion_report = None
     if champion is not None:
         try:
             champion_eval = load_manifest_model(champion["path"], "eval", champion["sha256"])
@@ -187,6 +189,7 @@ def candidate_model(context: AssetExecutionContext, config: CandidateConfig, fac
             None if champion_report is None else champion_report.ndcg,
             policy.champion_tolerance,
             None if champion is None else champion["version"],
+            "it was trained on data since erased" if champion_tainted else None,
         ),
         promotion.safe_to_serve(
             served, served_path, set(frame["user_id"]), set(frame["item_id"]),

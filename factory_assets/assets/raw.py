@@ -37,7 +37,7 @@ def raw_events(context: AssetExecutionContext, factory: FactoryResource) -> Mate
         accepted, rejected = validate_events(batch.events, day)
         quarantined = pd.concat([batch.quarantined, rejected], ignore_index=True)
         with factory.warehouse() as con:
-            version = warehouse.write_raw_partition(con, day, accepted, quarantined)
+            version = warehouse.write_raw_partition(con, day, accepted, quarantined, batch.undated, batch.files)
             reasons = warehouse.quarantine_summary(con, day)
             check_results = raw_checks.run_checks(con, day)
     except duckdb.IOException:

@@ -30,6 +30,7 @@ VERSIONS = "model_versions"
 EVENTS = "model_events"
 STATUSES: tuple[str, ...] = ("candidate", "champion", "retired", "rejected")
 CHAMPION = "champion"
+ERASED_DATA = "trained_on_erased_data"  # history action: this version must not keep serving
 
 DDL: tuple[str, ...] = (
     f"""CREATE TABLE IF NOT EXISTS {VERSIONS} (
@@ -101,6 +102,19 @@ def set_status(con: duckdb.DuckDBPyConnection, version: int, status: str, reason
     now = _now()
     con.execute(f"UPDATE {VERSIONS} SET status = ?, reason = ?, updated_at = ? WHERE version = ?", [status, reason, now, version])
     con.execute(f"INSERT INTO {EVENTS} VALUES (?, ?, ?, ?, ?, ?)", [now, version, action, row[0], status, reason])
+
+
+def record_event(con: duckdb.DuckDBPyConnection, version: int, action: str, reason: str) -> None:
+    """Append a history row that does not change the version's status (e.g. ``marked_stale``)."""
+    row = con.execute(f"SELECT status FROM {VERSIONS} WHERE version = ?", [version]).fetchone()
+    if row is None:
+        raise LookupError(f"model version {version} is not in the registry")
+    con.execute(f"INSERT INTO {EVENTS} VALUES (?, ?, ?, ?, ?, ?)", [_now(), version, action, row[0], row[0], reason])
+
+
+def has_event(con: duckdb.DuckDBPyConnection, version: int, action: str) -> bool:
+    """Whether the version's history holds an ``action`` row (e.g. ``trained_on_erased_data``)."""
+    return con.execute(f"SELECT count(*) FROM {EVENTS} WHERE version = ? AND action = ?", [version, action]).fetchone()[0] > 0
 
 
 def version_row(con: duckdb.DuckDBPyConnection, version: int) -> dict:

@@ -20,17 +20,33 @@ class PermanentSourceError(RuntimeError):
 
 
 @dataclass(frozen=True)
+class FileIngest:
+    """What one landed file contributed to one day: recorded per (file sha256, partition)."""
+
+    name: str
+    sha256: str
+    size_bytes: int
+    rows_accepted: int
+    rows_quarantined: int
+
+
+@dataclass(frozen=True)
 class DayBatch:
     """What a source returns for one UTC day.
 
     Attributes:
         events: rows in the raw event schema (see :mod:`factory_assets.sources.schema`); they are
             validated again by the warehouse writer, so a source may leave row-level checks to it.
-        quarantined: rows the source itself rejected (columns :data:`~.schema.QUARANTINE_COLUMNS`).
+        quarantined: rows of this day the source itself rejected (columns :data:`~.schema.QUARANTINE_COLUMNS`).
+        undated: rejected rows that belong to no day (unparseable or impossible timestamps, unreadable
+            files); the writer records each ``(source_sha256, source_line)`` once, whichever day reads it.
+        files: per landed file, what it gave this day (file-based sources only).
     """
 
     events: pd.DataFrame
     quarantined: pd.DataFrame = field(default_factory=empty_quarantine)
+    undated: pd.DataFrame = field(default_factory=empty_quarantine)
+    files: tuple[FileIngest, ...] = ()
 
 
 class EventSource(abc.ABC):

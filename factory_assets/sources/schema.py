@@ -15,7 +15,8 @@ value         ``float64`` / DOUBLE             money for purchases/returns/carts
 ============  ===============================  ==================================================
 
 Rejected rows go to a quarantine frame with the same columns stored as text plus ``reason`` (a code from
-:data:`REASONS`) and ``detail`` (a human sentence naming the field).
+:data:`REASONS`), ``detail`` (a human sentence naming the field) and where they came from
+(``source_file``, ``source_line``, ``source_sha256``).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ EVENT_TYPES: tuple[str, ...] = ("view", "add_to_cart", "purchase", "rating", "re
 MAX_ID_LENGTH = 128
 MAX_QUANTITY = 100_000
 
-QUARANTINE_COLUMNS: tuple[str, ...] = (*EVENT_COLUMNS, "reason", "detail", "source_file", "source_line")
+QUARANTINE_COLUMNS: tuple[str, ...] = (*EVENT_COLUMNS, "reason", "detail", "source_file", "source_line", "source_sha256")
 
 # Reason codes, one spelling everywhere (tables, metadata, tests).
 REASONS: dict[str, str] = {
@@ -83,6 +84,8 @@ def empty_quarantine() -> pd.DataFrame:
 def quarantine_rows(rows: pd.DataFrame, reason: str, detail: str | pd.Series) -> pd.DataFrame:
     """Turn rejected rows (any columns) into quarantine rows with ``reason`` and ``detail``.
 
+    Optional ``source_file``, ``source_line`` and ``source_sha256`` columns of ``rows`` are carried over.
+
     Raises:
         KeyError: if ``reason`` is not a known code of :data:`REASONS`.
     """
@@ -94,10 +97,11 @@ def quarantine_rows(rows: pd.DataFrame, reason: str, detail: str | pd.Series) ->
     out["reason"] = reason
     out["detail"] = detail
     out["source_file"] = rows["source_file"].astype(object) if "source_file" in rows else None
+    out["source_sha256"] = rows["source_sha256"].astype(object) if "source_sha256" in rows else None
     out["source_line"] = (
         pd.to_numeric(rows["source_line"], errors="coerce").astype("Int64") if "source_line" in rows else pd.NA
     )
-    return out.reset_index(drop=True).astype({"source_line": "Int64"})
+    return out.reset_index(drop=True).loc[:, list(QUARANTINE_COLUMNS)].astype({"source_line": "Int64"})
 
 
 def _to_text(value: object) -> str | None:

@@ -1,0 +1,81 @@
+"""Maintenance jobs (op jobs, not assets): data retention and the right to erasure.
+
+Both change raw partitions outside ``raw_events``' own runs.  Erasure reports the new data versions as
+``AssetMaterialization`` events (the UI then shows the downstream partitions as changed) and records
+``trained_on_erased_data`` for every model version whose inputs it changed: the champion gate waives the
+comparison with such a champion, so the next passing candidate replaces it.
+"""
+
+from datetime import date, datetime, timezone
+
+from dagster import AssetMaterialization, Config, OpExecutionContext, job, op
+from pydantic import Field
+
+from factory_assets import maintenance
+from factory_assets.assets.partitions import WAREHOUSE_POOL
+from factory_assets.features import store
+from factory_assets.recsys.artefact import read_manifest
+from factory_assets.registry import registry
+from factory_assets.resources import FactoryResource
+from factory_assets.warehouse import RAW_EVENTS
+
+RETENTION_JOB = "apply_retention"
+ERASURE_JOB = "erase_user"
+
+
+class RetentionConfig(Config):
+    retention_days: int = Field(default=730, description="keep this many days before `today`")
+    today: str | None = Field(default=None, description="reference day, ISO (default: today, UTC)")
+
+
+class ErasureConfig(Config):
+    user_id: str = Field(description="the user whose events are erased everywhere")
+    reason: str = Field(default="right to erasure request", description="recorded with the request")
+
+
+@op(pool=WAREHOUSE_POOL, description="Drop raw and feature partitions older than the retention period (recorded).")
+def retention_op(context: OpExecutionContext, config: RetentionConfig, factory: FactoryResource) -> dict:
+    today = date.fromisoformat(config.today) if config.today else datetime.now(timezone.utc).date()
+    with factory.warehouse() as con:
+        summary = maintenance.apply_retention(con, today, config.retention_days)
+    context.log.info(f"retention: {summary}")
+    return summary
+
+
+@op(pool=WAREHOUSE_POOL, description="Erase one user's events from every partition and feature view.")
+def erasure_op(context: OpExecutionContext, config: ErasureConfig, factory: FactoryResource) -> dict:
+    with factory.warehouse() as con:
+        summary = maintenance.erase_user(con, config.user_id, config.reason)
+        stale = []
+        for row in registry.versions(con).itertuples(index=False):
+            manifest = read_manifest(registry.version_row(con, int(row.version))["manifest_path"])
+            if maintenance.stale_inputs(con, manifest):
+                stale.append(int(row.version))
+                registry.record_event(
+                    con, int(row.version), registry.ERASED_DATA, f"inputs changed by erasure {summary['user_sha256'][:12]}"
+                )
+        versions = {
+            view: dict(zip(frame["partition_day"].astype(str), frame["data_version"]))
+            for view in (RAW_EVENTS, *maintenance.FEATURE_TABLES)
+            for frame in [store.ledger(con, view, date.min, date.max)]
+        }
+    for day in summary["days"]:
+        for view, by_day in versions.items():
+            if day in by_day:
+                context.log_event(AssetMaterialization(
+                    asset_key=view, partition=day, tags={"dagster/data_version": by_day[day]},
+                    metadata={"reason": f"erasure of user sha256 {summary['user_sha256'][:12]}…"},
+                ))
+    summary["stale_model_versions"] = stale
+    context.log.info(f"erasure: {len(summary['days'])} days, {summary['rows_deleted']} rows; stale models {stale}")
+    return summary
+
+
+@job(name=RETENTION_JOB, description="Apply the data retention period to raw data and feature views.")
+def apply_retention():
+    retention_op()
+
+
+@job(name=ERASURE_JOB, description="Right to erasure: delete one user's events everywhere; affected models become stale.")
+def erase_user():
+    erasure_op()
