@@ -23,6 +23,7 @@ from factory_assets.features import store
 from factory_assets.registry import registry
 from factory_assets.settings import HomeLayout
 from factory_assets.sources import EventSource, make_source
+from factory_assets.sources.faults import FlakySource
 from factory_assets import maintenance, warehouse
 
 
@@ -55,9 +56,13 @@ class FactoryResource(ConfigurableResource):
     """Where the factory lives and what it reads: home directory, source and its options, gates."""
 
     home: str = Field(default_factory=lambda: str(settings.factory_home()), description="FACTORY_HOME")
-    source: str = Field(default_factory=settings.source_name, description="simulator | online_retail | movielens")
+    source: str = Field(default_factory=settings.source_name, description="simulator | online_retail | movielens | folder")
     source_path: str = Field(default_factory=settings.source_path, description="file or folder of the source")
     simulator: SimulatorOptions = Field(default_factory=SimulatorOptions)
+    fault_rate: float = Field(
+        default=0.0, description="fault injection: share of source reads that fail with a transient error (0 = off)"
+    )
+    fault_seed: int = Field(default=0, description="seed of the injected faults")
     policy: PromotionPolicy = Field(default_factory=PromotionPolicy)
 
     @property
@@ -71,7 +76,8 @@ class FactoryResource(ConfigurableResource):
         if self.source == "simulator":
             options = self.simulator.model_dump()
             options["shift_date"] = date.fromisoformat(options["shift_date"])
-        return make_source(self.source, self.source_path or None, **options)
+        source = make_source(self.source, self.source_path or None, **options)
+        return FlakySource(source, self.fault_rate, self.fault_seed) if self.fault_rate > 0 else source
 
     @contextmanager
     def warehouse(self) -> Iterator[duckdb.DuckDBPyConnection]:

@@ -4,7 +4,7 @@ Environment variables (all optional):
 
 =========================  ===================================================================
 ``FACTORY_HOME``           where everything the factory writes lives (default ``./.factory_home``)
-``FACTORY_SOURCE``         ``simulator`` (default), ``online_retail`` or ``movielens``
+``FACTORY_SOURCE``         ``simulator`` (default), ``online_retail``, ``movielens`` or ``folder``
 ``FACTORY_SOURCE_PATH``    file or folder for file-based sources
 ``FACTORY_PARTITION_START`` first daily partition, ISO date (default 1996-01-01: MovieLens starts
                            1996-03-29, Online Retail II 2009-12-01)
@@ -32,8 +32,8 @@ from pathlib import Path
 DEFAULT_HOME = ".factory_home"
 DEFAULT_SOURCE = "simulator"
 DEFAULT_PARTITION_START = "1996-01-01"
-SOURCE_NAMES: tuple[str, ...] = ("simulator", "online_retail", "movielens")
-SOURCE_WINDOW_DAYS: dict[str, int] = {"simulator": 28, "online_retail": 28, "movielens": 365}
+SOURCE_NAMES: tuple[str, ...] = ("simulator", "online_retail", "movielens", "folder")
+SOURCE_WINDOW_DAYS: dict[str, int] = {"simulator": 28, "online_retail": 28, "movielens": 365, "folder": 28}
 HOLDOUT_DAYS = 7
 
 # The project's instance configuration (pools, telemetry), copied into a fresh Dagster home.

@@ -188,3 +188,31 @@ def load_window_manifest(con: duckdb.DuckDBPyConnection, partition_day: date) ->
     """The stored window manifest of a ``training_window`` partition, or None."""
     row = con.execute(f"SELECT manifest FROM {TRAINING_WINDOWS} WHERE partition_day = ?", [partition_day]).fetchone()
     return json.loads(row[0]) if row else None
+
+
+# --------------------------------------------------------------------------- derived views (features.views)
+# Tables of the derived daily views built by :func:`factory_assets.features.views.build_view_partition`, the
+# input partitions each of their partitions read (``input_data_version`` NULL = the input was missing and
+# counted as zero), and the metadata of the online views written by
+# :func:`factory_assets.features.retrieval.materialize_online`.
+USER_FEATURES = "user_features"
+ITEM_FEATURES = "item_features"
+FEATURE_INPUTS = "feature_partition_inputs"
+ONLINE_VIEWS = "online_feature_views"
+_DERIVED_DDL: tuple[str, ...] = (
+    f"""CREATE TABLE IF NOT EXISTS {USER_FEATURES} (
+        day DATE NOT NULL, user_id VARCHAR NOT NULL, n_events BIGINT NOT NULL, n_conversions BIGINT NOT NULL,
+        n_distinct_items BIGINT NOT NULL, value DOUBLE NOT NULL, last_ts TIMESTAMPTZ NOT NULL)""",
+    f"""CREATE TABLE IF NOT EXISTS {ITEM_FEATURES} (
+        day DATE NOT NULL, item_id VARCHAR NOT NULL, n_users BIGINT NOT NULL, n_converters BIGINT NOT NULL,
+        converters_7d BIGINT NOT NULL, converters_prev_7d BIGINT NOT NULL, trend_7d DOUBLE NOT NULL)""",
+    f"""CREATE TABLE IF NOT EXISTS {FEATURE_INPUTS} (
+        asset VARCHAR NOT NULL, partition_day DATE NOT NULL, input_asset VARCHAR NOT NULL,
+        input_partition DATE NOT NULL, input_data_version VARCHAR,
+        PRIMARY KEY (asset, partition_day, input_asset, input_partition))""",
+    f"""CREATE TABLE IF NOT EXISTS {ONLINE_VIEWS} (
+        view_name VARCHAR PRIMARY KEY, table_name VARCHAR NOT NULL, as_of TIMESTAMPTZ NOT NULL,
+        window_start DATE NOT NULL, window_end DATE NOT NULL, feature_version VARCHAR NOT NULL,
+        row_count BIGINT NOT NULL, manifest VARCHAR NOT NULL, materialized_at TIMESTAMPTZ NOT NULL)""",
+)
+DDL = (*DDL, *_DERIVED_DDL)

@@ -1,4 +1,4 @@
-"""Event sources (no Dagster imports): the simulator, UCI Online Retail (I and II) and MovieLens."""
+"""Event sources (no Dagster imports): the simulator, UCI Online Retail (I and II), MovieLens, a landing folder."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ def make_source(name: str, path: str | Path | None = None, **options: Any) -> Ev
     """Build a source by name.
 
     Args:
-        name: ``simulator``, ``online_retail`` or ``movielens``.
+        name: ``simulator``, ``online_retail``, ``movielens`` or ``folder`` (a landing directory).
         path: file or folder for the file-based sources (ignored by the simulator).
         options: simulator overrides (fields of ``SimulatorConfig``).
 
@@ -25,14 +25,18 @@ def make_source(name: str, path: str | Path | None = None, **options: Any) -> Ev
         from factory_assets.sources.simulator import ShopSimulator
 
         return ShopSimulator(**options)
-    if name in ("online_retail", "movielens"):
+    if name in ("online_retail", "movielens", "folder"):
         if not path:
             raise ValueError(f"source {name!r} needs a path (FACTORY_SOURCE_PATH or --path)")
         if name == "online_retail":
             from factory_assets.sources.online_retail import OnlineRetailSource
 
             return OnlineRetailSource(path)
+        if name == "folder":
+            from factory_assets.sources.folder import FolderSource
+
+            return FolderSource(path)
         from factory_assets.sources.movielens import MovieLensSource
 
         return MovieLensSource(path)
-    raise ValueError(f"unknown source {name!r}; known: simulator, online_retail, movielens")
+    raise ValueError(f"unknown source {name!r}; known: simulator, online_retail, movielens, folder")

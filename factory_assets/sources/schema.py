@@ -50,6 +50,11 @@ REASONS: dict[str, str] = {
     "non_product_stock_code": "postage, fees and other service codes are not items (Online Retail)",
     "negative_quantity": "negative quantity on a non-cancellation invoice (stock adjustment)",
     "ambiguous_local_time": "local time falls in a daylight-saving gap or overlap",
+    "ts_before_1970": "ts is before 1970-01-01T00:00:00Z (belongs to no day)",
+    "ts_in_future": "ts is later than the time of reading plus a small tolerance (belongs to no day yet)",
+    "unreadable_file": "a landed file cannot be read or decoded at all (truncated, not UTF-8, wrong column types)",
+    "missing_column": "a landed file lacks a required event column",
+    "malformed_row": "a CSV record has a different number of fields than the header",
 }
 
 
