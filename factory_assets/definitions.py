@@ -9,13 +9,15 @@ from __future__ import annotations
 
 from dagster import AssetSelection, Definitions, define_asset_job
 
-from factory_assets.assets.features import item_daily, user_item_daily
+from factory_assets.assets.features import item_daily, item_features, online_features, user_features, user_item_daily
 from factory_assets.assets.models import candidate_model, training_window
 from factory_assets.assets.raw import raw_events
 from factory_assets.assets.serving import served_model
+from factory_assets.jobs import apply_retention, erase_user
 from factory_assets.resources import FactoryResource
+from factory_assets.sensors import landed_files_sensor
 
-DATAOPS_ASSETS = [raw_events, user_item_daily, item_daily]
+DATAOPS_ASSETS = [raw_events, user_item_daily, item_daily, user_features, item_features, online_features]
 MLOPS_ASSETS = [training_window, candidate_model, served_model]
 
 INGEST_JOB = "daily_ingest"
@@ -32,8 +34,11 @@ daily_training = define_asset_job(
     description="The day's training window, candidate (with its blocking gates) and, if they pass, promotion.",
 )
 
+SENSORS = [landed_files_sensor]
+
 defs = Definitions(
     assets=[*DATAOPS_ASSETS, *MLOPS_ASSETS],
-    jobs=[daily_ingest, daily_training],
+    jobs=[daily_ingest, daily_training, apply_retention, erase_user],
+    sensors=SENSORS,
     resources={"factory": FactoryResource()},
 )

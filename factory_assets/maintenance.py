@@ -16,12 +16,24 @@ from datetime import date, datetime, timedelta, timezone
 import duckdb
 import pandas as pd
 
-from factory_assets.features import store
-from factory_assets.warehouse import INGESTION_LOG, LEDGER, QUARANTINE, RAW_EVENTS, frame_data_version, read_raw_partition, record_partition
+from factory_assets.features import store, views
+from factory_assets.warehouse import (
+    INGESTION_LOG,
+    LEDGER,
+    QUARANTINE,
+    RAW_EVENTS,
+    frame_data_version,
+    ledger,
+    read_raw_partition,
+    record_partition,
+)
 
+DERIVED_VIEWS = (store.USER_FEATURES, store.ITEM_FEATURES)  # built from several input partitions
 RETENTION_LOG = "retention_log"
 ERASURE_LOG = "erasure_log"
-FEATURE_TABLES: dict[str, str] = {store.USER_ITEM_DAILY: "day", store.ITEM_DAILY: "day"}
+FEATURE_TABLES: dict[str, str] = {
+    store.USER_ITEM_DAILY: "day", store.ITEM_DAILY: "day", store.USER_FEATURES: "day", store.ITEM_FEATURES: "day",
+}
 
 DDL: tuple[str, ...] = (
     f"""CREATE TABLE IF NOT EXISTS {RETENTION_LOG} (
@@ -118,10 +130,22 @@ def erase_user(con: duckdb.DuckDBPyConnection, user_id: str, reason: str) -> dic
     except BaseException:
         con.execute("ROLLBACK")
         raise
-    for day in days:  # each rebuild is its own atomic transaction, from the already-erased raw day
-        for view in FEATURE_TABLES:
-            store.build_partition(con, view, day)
+    for view in FEATURE_TABLES:  # each rebuild is its own atomic transaction, from the erased raw days
+        built = ledger(con, view, min(days), date.max)["partition_day"] if days else []
+        for day in built:  # the erased days, and later days whose inputs include them (item_features)
+            if day in days or (view in DERIVED_VIEWS and views.is_stale(con, view, day)):
+                views.build_view_partition(con, view, day)
+    for table in _online_tables_with_users(con):
+        con.execute(f"DELETE FROM {table} WHERE user_id = ?", [user_id])
     return {"user_sha256": user_sha256(user_id), "rows_deleted": int(rows), "days": new_versions}
+
+
+def _online_tables_with_users(con: duckdb.DuckDBPyConnection) -> list[str]:
+    rows = con.execute(
+        "SELECT table_name FROM information_schema.columns WHERE table_name LIKE 'online\\_%' ESCAPE '\\' "
+        "AND column_name = 'user_id'"
+    ).fetchall()
+    return [r[0] for r in rows if r[0].isidentifier()]
 
 
 def stale_inputs(con: duckdb.DuckDBPyConnection, manifest: dict) -> list[dict]:
