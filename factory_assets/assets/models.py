@@ -27,7 +27,7 @@ from factory_assets.assets.partitions import (
     WINDOW_DAYS,
     partition_day,
 )
-from factory_assets.features import store
+from factory_assets.features import retrieval, store
 from factory_assets.recsys.artefact import (
     ArtefactIntegrityError,
     load_manifest_model,
@@ -144,6 +144,9 @@ def candidate_model(context: AssetExecutionContext, config: CandidateConfig, fac
             )
         start, end = (date.fromisoformat(window[k]) for k in ("start", "end"))
         frame = store.read_window(con, start, end)
+        feature_versions = {
+            view: retrieval.feature_view_version(con, view, start, end) for view in (store.USER_ITEM_DAILY, store.ITEM_DAILY)
+        }
         champion = registry.read_alias(layout.aliases)
         champion_tainted = champion is not None and registry.has_event(con, champion["version"], registry.ERASED_DATA)
     result = train_candidate(frame, (start, end), HOLDOUT_DAYS, config.params())
@@ -167,6 +170,7 @@ def candidate_model(context: AssetExecutionContext, config: CandidateConfig, fac
         "code_version": MODEL_CODE_VERSION,
         "params": result.served_model.params.as_dict(),
         "window": {k: window[k] for k in ("start", "end", "days", "window_version", "inputs")},
+        "feature_versions": feature_versions,
         "holdout_days": HOLDOUT_DAYS,
         "tuning_trace": result.tuning.trace,
         "artefacts": {
