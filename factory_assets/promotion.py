@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from scipy import stats
 
 from factory_assets.recsys.metrics import top_k
 from factory_assets.recsys.model import BlendModel
@@ -19,6 +20,7 @@ BEATS_BASELINE = "beats_baseline"
 NOT_WORSE_THAN_CHAMPION = "not_worse_than_champion"
 SAFE_TO_SERVE = "safe_to_serve"
 GATES: tuple[str, ...] = (BEATS_BASELINE, NOT_WORSE_THAN_CHAMPION, SAFE_TO_SERVE)
+PROMOTE, SHADOW, REJECT = "promote", "shadow", "reject"
 
 
 @dataclass(frozen=True)
@@ -27,6 +29,23 @@ class GateResult:
     passed: bool
     reason: str
     metadata: dict = field(default_factory=dict)
+
+
+def decide(gates: list[GateResult]) -> tuple[str, str]:
+    """The verdict of a candidate from its gates, and the reason.
+
+    - ``promote``: every gate passed (``served_model`` will move the champion alias);
+    - ``shadow``: safe to serve and better than the baselines, but not clearly as good as the champion: it
+      is scored on live traffic beside the champion (the ``shadow`` alias) until it proves itself;
+    - ``reject``: unsafe to serve or not better than the baselines.
+    """
+    failed = {g.name: g for g in gates if not g.passed}
+    if not failed:
+        return PROMOTE, "all gates passed"
+    reason = "; ".join(f"{g.name}: {g.reason}" for g in failed.values())
+    if set(failed) == {NOT_WORSE_THAN_CHAMPION}:
+        return SHADOW, reason
+    return REJECT, reason
 
 
 def beats_baseline(model_ndcg: float, baseline_ndcg: dict[str, float], margin: float) -> GateResult:
@@ -45,32 +64,64 @@ def beats_baseline(model_ndcg: float, baseline_ndcg: dict[str, float], margin: f
     )
 
 
+def paired_bootstrap_ci(
+    candidate: np.ndarray, champion: np.ndarray, confidence: float = 0.95, n_resamples: int = 2000, seed: int = 0
+) -> tuple[float, float, float]:
+    """Mean and percentile bootstrap confidence interval of the paired difference ``candidate - champion``.
+
+    Args:
+        candidate, champion: per-user metric values (e.g. NDCG@10), float arrays of the same length, the same
+            users in the same order.
+    Returns:
+        ``(mean_difference, low, high)``.  Users are resampled with replacement (Efron & Tibshirani 1993,
+        *An Introduction to the Bootstrap*, ch. 13), via ``scipy.stats.bootstrap`` with the percentile method.
+    Raises:
+        ValueError: on different lengths or fewer than two users.
+    """
+    candidate, champion = np.asarray(candidate, float), np.asarray(champion, float)
+    if candidate.shape != champion.shape or candidate.ndim != 1 or len(candidate) < 2:
+        raise ValueError(f"need two paired 1-d samples of >= 2 users, got {candidate.shape} and {champion.shape}")
+    diff = candidate - champion
+    if np.all(diff == diff[0]):  # a degenerate distribution: every resample has the same mean
+        return float(diff[0]), float(diff[0]), float(diff[0])
+    result = stats.bootstrap(
+        (diff,), np.mean, n_resamples=n_resamples, confidence_level=confidence, method="percentile",
+        rng=np.random.default_rng(seed),
+    )
+    return float(diff.mean()), float(result.confidence_interval.low), float(result.confidence_interval.high)
+
+
 def not_worse_than_champion(
-    model_ndcg: float,
-    champion_ndcg: float | None,
+    candidate_per_user: np.ndarray,
+    champion_per_user: np.ndarray | None,
     tolerance: float,
     champion_version: int | None,
     champion_must_go: str | None = None,
+    confidence: float = 0.95,
+    n_resamples: int = 2000,
 ) -> GateResult:
-    """Pass when there is no champion, or ``model_ndcg >= champion_ndcg - tolerance`` on the same eval set.
+    """Pass when there is no champion, or the paired bootstrap interval of the per-user NDCG@10 difference
+    (candidate - champion, same users and days) lies above ``-tolerance``.
 
     ``champion_must_go`` (a reason, e.g. the champion was trained on erased data) waives the comparison.
     """
-    if champion_ndcg is None:
+    if champion_per_user is None:
         return GateResult(NOT_WORSE_THAN_CHAMPION, True, "no champion yet: the first passing candidate is served", {})
+    mean, low, high = paired_bootstrap_ci(candidate_per_user, champion_per_user, confidence, n_resamples)
+    metadata = {
+        "model_ndcg_at_10": float(np.mean(candidate_per_user)), "champion_ndcg_at_10": float(np.mean(champion_per_user)),
+        "champion_version": champion_version, "ndcg_difference": mean, "ci_low": low, "ci_high": high,
+        "confidence": confidence, "tolerance": tolerance,
+    }
     if champion_must_go:
-        return GateResult(
-            NOT_WORSE_THAN_CHAMPION, True, f"champion v{champion_version} must be replaced: {champion_must_go}",
-            {"champion_ndcg_at_10": champion_ndcg, "champion_version": champion_version},
-        )
-    required = champion_ndcg - tolerance
-    passed = bool(np.isfinite(model_ndcg)) and model_ndcg >= required
+        return GateResult(NOT_WORSE_THAN_CHAMPION, True, f"champion v{champion_version} must be replaced: {champion_must_go}", metadata)
+    passed = bool(np.isfinite(low)) and low >= -tolerance
     return GateResult(
         NOT_WORSE_THAN_CHAMPION,
         passed,
-        f"NDCG@10 {model_ndcg:.4f} vs champion v{champion_version} {champion_ndcg:.4f} on the same users and days "
-        f"(tolerance {tolerance:.4f}, needs >= {required:.4f})",
-        {"model_ndcg_at_10": model_ndcg, "champion_ndcg_at_10": champion_ndcg, "champion_version": champion_version, "required": required},
+        f"NDCG@10 difference vs champion v{champion_version}: {mean:+.4f}, {confidence:.0%} CI [{low:+.4f}, {high:+.4f}] "
+        f"on {len(candidate_per_user)} users ({'clears' if passed else 'does not clear'} -{tolerance:.4f})",
+        metadata,
     )
 
 

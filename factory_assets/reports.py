@@ -31,6 +31,21 @@ def evaluation_markdown(evaluation: dict, champion: dict | None, gates: Sequence
     return "\n".join(lines)
 
 
+def decision_markdown(
+    day, verdict: str, reason: str, evaluation: dict, champion: dict | None, gates: Sequence[GateResult], policy: dict
+) -> str:
+    """The promotion decision record: verdict, reason, thresholds, and the evaluation table."""
+    head = [
+        f"## Promotion decision for {day}: **{verdict.upper()}**",
+        "",
+        f"{reason}",
+        "",
+        "Thresholds: " + ", ".join(f"`{k}` = {v}" for k, v in sorted(policy.items())),
+        "",
+    ]
+    return "\n".join(head) + evaluation_markdown(evaluation, champion, gates)
+
+
 def _fmt(value: object) -> str:
     if isinstance(value, float):
         return f"{value:.4f}"

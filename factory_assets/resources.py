@@ -45,8 +45,11 @@ class PromotionPolicy(Config):
         default=0.01, description="candidate NDCG@10 must be >= (1 + margin) x the best baseline's"
     )
     champion_tolerance: float = Field(
-        default=0.01, description="candidate NDCG@10 may be at most this much (absolute) below the champion's"
+        default=0.01,
+        description="the bootstrap interval of candidate - champion NDCG@10 must lie above -tolerance (absolute)",
     )
+    confidence: float = Field(default=0.95, description="confidence level of the paired bootstrap interval")
+    bootstrap_resamples: int = Field(default=2000, description="bootstrap resamples of the evaluated users")
     max_artefact_mb: float = Field(default=256.0, description="largest servable artefact, MiB")
     max_recommend_ms: float = Field(default=50.0, description="p99 latency budget of one top-10 request, ms")
     sample_users: int = Field(default=200, description="users sampled for the serving smoke test")

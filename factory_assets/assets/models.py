@@ -38,7 +38,7 @@ from factory_assets.recsys.artefact import (
 from factory_assets.recsys.evaluation import evaluate, model_scores
 from factory_assets.recsys.model import ModelParams
 from factory_assets.registry import registry
-from factory_assets.reports import evaluation_markdown
+from factory_assets.reports import decision_markdown
 from factory_assets.resources import FactoryResource
 from factory_assets.training import train_candidate
 
@@ -189,11 +189,13 @@ def candidate_model(context: AssetExecutionContext, config: CandidateConfig, fac
             result.model_report.ndcg, {n: r.ndcg for n, r in result.baselines.items()}, policy.baseline_margin
         ),
         promotion.not_worse_than_champion(
-            result.model_report.ndcg,
-            None if champion_report is None else champion_report.ndcg,
+            result.model_report.per_user_ndcg,
+            None if champion_report is None else champion_report.per_user_ndcg,
             policy.champion_tolerance,
             None if champion is None else champion["version"],
             "it was trained on data since erased" if champion_tainted else None,
+            confidence=policy.confidence,
+            n_resamples=policy.bootstrap_resamples,
         ),
         promotion.safe_to_serve(
             served, served_path, set(frame["user_id"]), set(frame["item_id"]),
@@ -201,17 +203,22 @@ def candidate_model(context: AssetExecutionContext, config: CandidateConfig, fac
             sample_users=policy.sample_users,
         ),
     ]
-    failed = [g for g in gates if not g.passed]
-    status = "rejected" if failed else "candidate"
-    reason = "; ".join(f"{g.name}: {g.reason}" for g in failed) or "all gates passed"
+    verdict, reason = promotion.decide(gates)
+    status = {promotion.PROMOTE: "candidate", promotion.SHADOW: "shadow", promotion.REJECT: "rejected"}[verdict]
     record = {
+        "verdict": verdict,
         "evaluation": evaluation,
         "champion": None if champion_report is None else {"version": champion["version"], **champion_report.as_dict()},
-        "gates": [{"name": g.name, "passed": g.passed, "reason": g.reason} for g in gates],
+        "gates": [{"name": g.name, "passed": g.passed, "reason": g.reason, "metadata": g.metadata} for g in gates],
+        "policy": policy.model_dump(),
     }
+    markdown = decision_markdown(day, verdict, reason, evaluation, record["champion"], gates, policy.model_dump())
     with factory.warehouse() as con:
         version = registry.register(con, day, manifest_path, manifest_sha, status, reason, record)
-    context.log.info(f"candidate v{version} ({day}): {status}; {reason}")
+        registry.record_decision(con, version, day, verdict, reason, record, markdown)
+        if verdict == promotion.SHADOW:
+            registry.designate_shadow(con, layout.aliases, version, reason)
+    context.log.info(f"candidate v{version} ({day}): {verdict}; {reason}")
     return MaterializeResult(
         data_version=DataVersion(manifest_sha),
         check_results=[
@@ -227,6 +234,7 @@ def candidate_model(context: AssetExecutionContext, config: CandidateConfig, fac
             "ndcg_at_10": evaluation["model"]["ndcg_at_10"],
             "n_eval_users": evaluation["model"]["n_users"],
             "als_weight": result.eval_model.als_weight,
-            "evaluation": MetadataValue.md(evaluation_markdown(evaluation, record["champion"], gates)),
+            "verdict": verdict,
+            "promotion_decision": MetadataValue.md(markdown),
         },
     )

@@ -53,6 +53,11 @@ def raw_events(context: AssetExecutionContext, factory: FactoryResource) -> Mate
             "source": factory.source,
             "quarantined_rows": int(len(quarantined)),
             "quarantine_by_reason": MetadataValue.json(reasons),
+            "files": MetadataValue.md(
+                "| file | sha256 | rows accepted | rows quarantined |\n|---|---|---:|---:|\n"
+                + "\n".join(f"| {f.name} | `{f.sha256[:12]}` | {f.rows_accepted} | {f.rows_quarantined} |" for f in batch.files)
+            ) if batch.files else MetadataValue.null(),
+            "undated_quarantined_rows": int(len(batch.undated)),
             "events_by_type": MetadataValue.json({k: int(v) for k, v in by_type.items()}),
             "distinct_users": int(accepted["user_id"].nunique()),
             "distinct_items": int(accepted["item_id"].nunique()),

@@ -30,8 +30,11 @@ def served_model(context: AssetExecutionContext, factory: FactoryResource) -> Ma
         row = registry.latest_for_day(con, day)
         if row is None:
             raise Failure(description=f"no candidate_model was trained for {day}", allow_retries=False)
-        if row["status"] == "rejected":
-            raise Failure(description=f"candidate v{row['version']} for {day} was rejected: {row['reason']}", allow_retries=False)
+        if row["status"] in ("rejected", "shadow"):
+            raise Failure(
+                description=f"candidate v{row['version']} for {day} is {row['status']}, not promotable: {row['reason']}",
+                allow_retries=False,
+            )
         try:  # verify the manifest and the served artefact before pointing anyone at them
             manifest = read_manifest(row["manifest_path"], row["manifest_sha256"])
             load_manifest_model(row["manifest_path"], "served", row["manifest_sha256"])

@@ -4,6 +4,8 @@ A version is one trained candidate: a monotonic integer id, the sha256 of its ma
 partition day it was trained for, a status and the reason for it.  Statuses:
 
 ``candidate``  trained, every gate passed, not promoted (yet)
+``shadow``     safe to serve and better than the baselines but not clearly better than the champion: scored
+               on live traffic beside it (also named by the ``shadow`` alias)
 ``champion``   the served model (exactly one at a time, also named by the ``champion`` alias)
 ``retired``    a former champion
 ``rejected``   a gate failed; ``reason`` names the failing check(s)
@@ -27,9 +29,11 @@ import pandas as pd
 from factory_assets.recsys.artefact import atomic_write_bytes
 
 VERSIONS = "model_versions"
+DECISIONS = "promotion_decisions"
 EVENTS = "model_events"
-STATUSES: tuple[str, ...] = ("candidate", "champion", "retired", "rejected")
+STATUSES: tuple[str, ...] = ("candidate", "shadow", "champion", "retired", "rejected")
 CHAMPION = "champion"
+SHADOW = "shadow"
 ERASED_DATA = "trained_on_erased_data"  # history action: this version must not keep serving
 
 DDL: tuple[str, ...] = (
@@ -37,6 +41,9 @@ DDL: tuple[str, ...] = (
         version INTEGER PRIMARY KEY, partition_day DATE NOT NULL, manifest_sha256 VARCHAR NOT NULL UNIQUE,
         manifest_path VARCHAR NOT NULL, status VARCHAR NOT NULL, reason VARCHAR NOT NULL,
         metrics VARCHAR NOT NULL, created_at TIMESTAMPTZ NOT NULL, updated_at TIMESTAMPTZ NOT NULL)""",
+    f"""CREATE TABLE IF NOT EXISTS {DECISIONS} (
+        version INTEGER NOT NULL, partition_day DATE NOT NULL, decided_at TIMESTAMPTZ NOT NULL,
+        verdict VARCHAR NOT NULL, reason VARCHAR NOT NULL, record VARCHAR NOT NULL, markdown VARCHAR NOT NULL)""",
     f"""CREATE TABLE IF NOT EXISTS {EVENTS} (
         changed_at TIMESTAMPTZ NOT NULL, version INTEGER NOT NULL, action VARCHAR NOT NULL,
         from_status VARCHAR, to_status VARCHAR NOT NULL, reason VARCHAR NOT NULL)""",
@@ -70,8 +77,8 @@ def register(
     Raises:
         ValueError: for a status outside ``candidate`` / ``rejected``.
     """
-    if status not in ("candidate", "rejected"):
-        raise ValueError(f"a new version is 'candidate' or 'rejected', not {status!r}")
+    if status not in ("candidate", "shadow", "rejected"):
+        raise ValueError(f"a new version is 'candidate', 'shadow' or 'rejected', not {status!r}")
     existing = con.execute(f"SELECT version, status FROM {VERSIONS} WHERE manifest_sha256 = ?", [manifest_sha256]).fetchone()
     if existing:
         version, old = int(existing[0]), existing[1]
@@ -82,7 +89,7 @@ def register(
     now = _now()
     con.execute(
         f"INSERT INTO {VERSIONS} VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        [version, partition_day, manifest_sha256, str(manifest_path), status, reason, json.dumps(metrics, sort_keys=True), now, now],
+        [version, partition_day, manifest_sha256, str(manifest_path), status, reason, json.dumps(metrics, sort_keys=True, default=str), now, now],
     )
     con.execute(f"INSERT INTO {EVENTS} VALUES (?, ?, 'registered', NULL, ?, ?)", [now, version, status, reason])
     return version
@@ -102,6 +109,21 @@ def set_status(con: duckdb.DuckDBPyConnection, version: int, status: str, reason
     now = _now()
     con.execute(f"UPDATE {VERSIONS} SET status = ?, reason = ?, updated_at = ? WHERE version = ?", [status, reason, now, version])
     con.execute(f"INSERT INTO {EVENTS} VALUES (?, ?, ?, ?, ?, ?)", [now, version, action, row[0], status, reason])
+
+
+def record_decision(
+    con: duckdb.DuckDBPyConnection, version: int, partition_day: date, verdict: str, reason: str, record: dict, markdown: str
+) -> None:
+    """Append the promotion decision record of a candidate (kept as history: re-evaluations add rows)."""
+    con.execute(
+        f"INSERT INTO {DECISIONS} VALUES (?, ?, ?, ?, ?, ?, ?)",
+        [version, partition_day, _now(), verdict, reason, json.dumps(record, sort_keys=True, default=str), markdown],
+    )
+
+
+def decisions(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
+    """Every promotion decision, oldest first: version, partition_day, decided_at, verdict, reason."""
+    return con.execute(f"SELECT version, partition_day, decided_at, verdict, reason FROM {DECISIONS} ORDER BY decided_at, version").df()
 
 
 def record_event(con: duckdb.DuckDBPyConnection, version: int, action: str, reason: str) -> None:
@@ -159,38 +181,188 @@ def read_alias(aliases_dir: Path, alias: str = CHAMPION) -> dict | None:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def promote(con: duckdb.DuckDBPyConnection, aliases_dir: Path, version: int, reason: str, pointer_extra: dict) -> dict:
-    """Make ``version`` the champion: retire the old one, move the alias atomically, record both.
+def _write_alias(aliases_dir: Path, alias: str, pointer: dict) -> None:
+    atomic_write_bytes(alias_path(aliases_dir, alias), (json.dumps(pointer, indent=2, sort_keys=True) + "\n").encode())
 
-    The registry rows change in one transaction; the alias file is replaced after the commit, so a crash in
-    between leaves the old alias valid (the registry then says champion for a version the alias does not
-    name yet, and the next promotion or a re-run repairs it).
 
-    Returns:
-        the new pointer as written.
-    """
+def _move_alias(
+    con: duckdb.DuckDBPyConnection, aliases_dir: Path, alias: str, version: int, reason: str, action: str,
+    pointer_extra: dict | None, actor: str,
+) -> dict:
+    """Give ``alias`` (a status too) to ``version``: the previous holder is retired, the file replaced last."""
     row = version_row(con, version)
-    old = read_alias(aliases_dir)
+    old = read_alias(aliases_dir, alias)
     con.execute("BEGIN TRANSACTION")
     try:
-        for (other,) in con.execute(f"SELECT version FROM {VERSIONS} WHERE status = ? AND version <> ?", [CHAMPION, version]).fetchall():
-            set_status(con, int(other), "retired", f"replaced by version {version}", action="retired")
-        if row["status"] != CHAMPION:
-            set_status(con, version, CHAMPION, reason, action="promoted")
+        holders = con.execute(f"SELECT version FROM {VERSIONS} WHERE status = ? AND version <> ?", [alias, version]).fetchall()
+        for (other,) in holders:
+            set_status(con, int(other), "retired", f"{alias} replaced by version {version}", action="retired")
+        if row["status"] != alias:
+            set_status(con, version, alias, reason, action=action)
         con.execute("COMMIT")
     except BaseException:
         con.execute("ROLLBACK")
         raise
     pointer = {
-        "alias": CHAMPION,
+        "alias": alias,
         "version": version,
         "path": row["manifest_path"],
         "sha256": row["manifest_sha256"],
         "partition_day": row["partition_day"],
         "promoted_at": _now().isoformat(),
         "reason": reason,
+        "actor": actor,
         "previous_version": old["version"] if old else None,
-        **pointer_extra,
+        **(pointer_extra or {}),
     }
-    atomic_write_bytes(alias_path(aliases_dir), (json.dumps(pointer, indent=2, sort_keys=True) + "\n").encode())
+    _write_alias(aliases_dir, alias, pointer)
     return pointer
+
+
+def promote(
+    con: duckdb.DuckDBPyConnection, aliases_dir: Path, version: int, reason: str, pointer_extra: dict | None = None,
+    action: str = "promoted", actor: str = "factory",
+) -> dict:
+    """Make ``version`` the champion: retire the old one, move the alias atomically, record both.
+
+    The registry rows change in one transaction; the alias file is replaced after the commit, so a crash in
+    between leaves the old alias valid (the registry then says champion for a version the alias does not
+    name yet, and the next promotion or a re-run repairs it).  A promoted shadow stops being the shadow.
+
+    Returns:
+        the new pointer as written.
+    """
+    pointer = _move_alias(con, aliases_dir, CHAMPION, version, reason, action, pointer_extra, actor)
+    shadow = read_alias(aliases_dir, SHADOW)
+    if shadow is not None and shadow["version"] == version:
+        alias_path(aliases_dir, SHADOW).unlink()
+    return pointer
+
+
+def designate_shadow(
+    con: duckdb.DuckDBPyConnection, aliases_dir: Path, version: int, reason: str, pointer_extra: dict | None = None
+) -> dict:
+    """Make ``version`` the shadow (scored on live traffic beside the champion); the old shadow is retired."""
+    return _move_alias(con, aliases_dir, SHADOW, version, reason, "shadowed", pointer_extra, actor="factory")
+
+
+def champion_history(con: duckdb.DuckDBPyConnection) -> list[int]:
+    """Versions in the order they became champion (promotions and rollbacks), oldest first."""
+    rows = con.execute(
+        f"SELECT version FROM {EVENTS} WHERE to_status = ? AND action IN ('promoted', 'rolled_back') ORDER BY changed_at, version",
+        [CHAMPION],
+    ).fetchall()
+    return [int(r[0]) for r in rows]
+
+
+def rollback(
+    con: duckdb.DuckDBPyConnection, aliases_dir: Path, reason: str, actor: str, to_version: int | None = None
+) -> dict:
+    """Restore the previous champion (or ``to_version``) after verifying its manifest and artefact.
+
+    The previous champion is the latest earlier champion that is not the current one, was never rejected
+    and was not trained on erased data.  Recorded as ``rolled_back`` with ``actor`` and ``reason``.
+
+    Raises:
+        LookupError: no champion to roll back from, or no eligible earlier champion.
+        ValueError: ``to_version`` is rejected, trained on erased data, or already the champion.
+        ArtefactIntegrityError: the target's files do not match their digests.
+    """
+    from factory_assets.recsys.artefact import load_manifest_model
+
+    current = read_alias(aliases_dir)
+    if current is None:
+        raise LookupError("there is no champion to roll back from")
+    if to_version is None:
+        earlier = [v for v in reversed(champion_history(con)) if v != current["version"]]
+        eligible = [v for v in earlier if version_row(con, v)["status"] != "rejected" and not has_event(con, v, ERASED_DATA)]
+        if not eligible:
+            raise LookupError(f"no earlier champion to roll back to from version {current['version']}")
+        to_version = eligible[0]
+    row = version_row(con, to_version)
+    if to_version == current["version"]:
+        raise ValueError(f"version {to_version} is already the champion")
+    if row["status"] == "rejected" or has_event(con, to_version, ERASED_DATA):
+        raise ValueError(f"version {to_version} cannot serve: {row['status']} ({row['reason']})")
+    load_manifest_model(row["manifest_path"], "served", row["manifest_sha256"])
+    return promote(
+        con, aliases_dir, to_version, f"rollback from v{current['version']} by {actor}: {reason}",
+        {"metrics": row["metrics"].get("evaluation", {}).get("model", {})},
+        action="rolled_back", actor=actor,
+    )
+
+
+# --------------------------------------------------------------------------- champion stack, rollback targets
+def version_history(con: duckdb.DuckDBPyConnection, version: int) -> pd.DataFrame:
+    """Every history row of one version, oldest first (the columns of ``model_events``; empty if unknown)."""
+    return con.execute(f"SELECT * FROM {EVENTS} WHERE version = ? ORDER BY changed_at, rowid", [version]).df()
+
+
+def champion_stack(con: duckdb.DuckDBPyConnection) -> list[int]:
+    """The champions still "below" the current one, oldest first; the last entry is the current champion.
+
+    Replays the history: a promotion pushes its version; a rollback pops the champion it rolled back from
+    (that one was judged bad) and then truncates the stack to the last occurrence of its target (or pushes the
+    target when it was never champion).  So after ``v1, v2, v3`` and a rollback to ``v2`` the stack is
+    ``[v1, v2]``: the next rollback goes to ``v1``, never back to ``v3`` (no ping-pong), whereas
+    :func:`champion_history` lists ``[v1, v2, v3, v2]``.
+    """
+    rows = con.execute(
+        f"SELECT version, action FROM {EVENTS} WHERE to_status = ? AND action IN ('promoted', 'rolled_back') "
+        "ORDER BY changed_at, rowid",
+        [CHAMPION],
+    ).fetchall()
+    stack: list[int] = []
+    for version, action in rows:
+        version = int(version)
+        if action == "rolled_back":
+            if stack:
+                stack.pop()
+            if version in stack:
+                del stack[len(stack) - stack[::-1].index(version):]
+            else:
+                stack.append(version)
+        else:
+            stack.append(version)
+    return stack
+
+
+def rollback_candidates(con: duckdb.DuckDBPyConnection, current_version: int) -> list[int]:
+    """Versions a rollback from ``current_version`` may restore, best (most recent) first.
+
+    The :func:`champion_stack` below the current champion, newest first, without duplicates, the current
+    version, rejected versions and versions trained on erased data.  Empty when nothing is eligible.
+    """
+    stack = champion_stack(con)
+    if stack and stack[-1] == current_version:
+        stack = stack[:-1]
+    out: list[int] = []
+    for version in reversed(stack):
+        if version == current_version or version in out:
+            continue
+        if version_row(con, version)["status"] == "rejected" or has_event(con, version, ERASED_DATA):
+            continue
+        out.append(version)
+    return out
+
+
+def rollback_champion(
+    con: duckdb.DuckDBPyConnection, aliases_dir: Path, reason: str, actor: str, to_version: int | None = None
+) -> dict:
+    """:func:`rollback`, with the default target taken from :func:`rollback_candidates` (no ping-pong).
+
+    Returns:
+        the new champion pointer (``previous_version`` names the version rolled back from).
+    Raises:
+        LookupError: no champion, no eligible earlier champion, or an unknown ``to_version``.
+        ValueError / ArtefactIntegrityError: as :func:`rollback` (nothing changes).
+    """
+    current = read_alias(aliases_dir)
+    if current is None:
+        raise LookupError("there is no champion to roll back from")
+    if to_version is None:
+        candidates = rollback_candidates(con, int(current["version"]))
+        if not candidates:
+            raise LookupError(f"no earlier eligible champion to roll back to from version {current['version']}")
+        to_version = candidates[0]
+    return rollback(con, aliases_dir, reason, actor, to_version)

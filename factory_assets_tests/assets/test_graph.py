@@ -13,6 +13,7 @@ from dagster import AssetKey, DagsterInstance
 import factory_assets.assets.models as model_assets
 from factory_assets.assets.partitions import DAILY, ROLLING_WINDOW, WINDOW_DAYS
 from factory_assets.registry import registry
+from factory_assets.resources import PromotionPolicy
 from factory_assets.sources.base import DayBatch
 from factory_assets.sources.schema import empty_events
 from factory_assets.sources.simulator import ShopSimulator
@@ -181,17 +182,38 @@ def test_worse_model_is_rejected_by_the_baseline_gate_and_champion_stays(home_co
 
 
 def test_successive_days_promote_and_keep_history(home_copy):
-    factory = small_factory(home_copy)
+    factory = small_factory(home_copy, policy=PromotionPolicy(champion_tolerance=0.05))
     instance = DagsterInstance.ephemeral()
     for offset in range(3):
         assert train(factory, TRAIN_DAY + timedelta(days=offset), instance).success
     with _con(home_copy) as con:
         versions = registry.versions(con)
         history = registry.history(con)
+        decisions = registry.decisions(con)
     assert list(versions["version"]) == [1, 2, 3]
     promoted = history[history["action"] == "promoted"]["version"].tolist()
     assert promoted == [1, 2, 3]
     assert list(versions["status"]) == ["retired", "retired", "champion"]
+    assert list(decisions["verdict"]) == ["promote"] * 3
     pointer = registry.read_alias(home_copy / "simulator" / "aliases")
     assert pointer["version"] == 3 and pointer["previous_version"] == 2
     assert pointer["partition_day"] == (TRAIN_DAY + timedelta(days=2)).isoformat()
+
+
+def test_a_candidate_not_clearly_as_good_as_the_champion_becomes_the_shadow(home_copy):
+    # tolerance -1 demands the whole interval be above +1 NDCG: no candidate can be clearly better
+    factory = small_factory(home_copy, policy=PromotionPolicy(champion_tolerance=-1.0))
+    assert train(factory, TRAIN_DAY).success  # no champion yet: promoted
+    second = train(factory, TRAIN_DAY + timedelta(days=1))
+    gate = _check(second, "not_worse_than_champion")
+    assert not gate.passed and "CI [" in gate.description
+    low, high = gate.metadata["ci_low"].value, gate.metadata["ci_high"].value
+    assert low <= gate.metadata["ndcg_difference"].value <= high
+    assert "served_model" not in _materialized(second)
+    aliases = home_copy / "simulator" / "aliases"
+    assert registry.read_alias(aliases)["version"] == 1
+    assert registry.read_alias(aliases, registry.SHADOW)["version"] == 2
+    with _con(home_copy) as con:
+        assert registry.version_row(con, 2)["status"] == "shadow"
+        decision = con.execute("SELECT verdict, markdown FROM promotion_decisions WHERE version = 2").fetchone()
+    assert decision[0] == "shadow" and "Promotion decision" in decision[1] and "champion_tolerance" in decision[1]

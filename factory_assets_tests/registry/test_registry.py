@@ -105,7 +105,7 @@ def test_promote_retires_previous_champion_and_writes_alias(con, aliases):
 
     statuses = dict(zip(registry.versions(con)["version"], registry.versions(con)["status"]))
     assert statuses == {1: "retired", 2: "champion"}
-    assert registry.version_row(con, 1)["reason"] == "replaced by version 2"
+    assert registry.version_row(con, 1)["reason"] == "champion replaced by version 2"
     # the alias was replaced, no temporary file left behind
     assert sorted(p.name for p in aliases.iterdir()) == ["champion.json"]
 
