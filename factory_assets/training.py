@@ -11,6 +11,7 @@ Steps (no test day is ever used for fitting or tuning):
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from datetime import date
 
@@ -87,3 +88,32 @@ def train_candidate(window: pd.DataFrame, bounds: tuple[date, date], holdout_day
         baselines=evaluate_baselines(split.train, eval_set),
         references={"als": plain_als},
     )
+
+
+def retrain_from_manifest(con, manifest: dict) -> dict[str, str]:
+    """Re-train a registered version from its manifest on the same partitions; return the artefact digests.
+
+    Uses the manifest's parameters, seed and thread count and its window; refuses when an input partition's
+    data version has changed since (the result could not be the same model).
+
+    Returns:
+        ``{"eval": sha256, "served": sha256}`` of the re-trained artefacts' bytes (compare with the manifest's).
+    Raises:
+        ValueError: if the window's inputs are no longer the ones the manifest names.
+    """
+    from factory_assets.features import store
+    from factory_assets.maintenance import stale_inputs
+    from factory_assets.recsys.artefact import model_arrays, npz_bytes
+
+    changed = stale_inputs(con, manifest)
+    if changed:
+        raise ValueError(f"inputs changed since training, cannot reproduce: {changed[:3]}")
+    params = dict(manifest["params"])
+    params["als_weight_grid"] = tuple(params["als_weight_grid"])
+    params["als_weight"] = None  # re-run the tuning too: it is part of the recipe
+    start, end = date.fromisoformat(manifest["window"]["start"]), date.fromisoformat(manifest["window"]["end"])
+    result = train_candidate(store.read_window(con, start, end), (start, end), manifest["holdout_days"], ModelParams(**params))
+    return {
+        role: hashlib.sha256(npz_bytes(model_arrays(model))).hexdigest()
+        for role, model in (("eval", result.eval_model), ("served", result.served_model))
+    }

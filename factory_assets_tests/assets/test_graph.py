@@ -217,3 +217,15 @@ def test_a_candidate_not_clearly_as_good_as_the_champion_becomes_the_shadow(home
         assert registry.version_row(con, 2)["status"] == "shadow"
         decision = con.execute("SELECT verdict, markdown FROM promotion_decisions WHERE version = 2").fetchone()
     assert decision[0] == "shadow" and "Promotion decision" in decision[1] and "champion_tolerance" in decision[1]
+
+
+def test_retraining_from_a_manifest_reproduces_the_artefacts_bit_for_bit(home_copy):
+    from factory_assets.recsys.artefact import read_manifest
+    from factory_assets.training import retrain_from_manifest
+
+    assert train(small_factory(home_copy), TRAIN_DAY).success
+    with _con(home_copy) as con:
+        row = registry.version_row(con, 1)
+        manifest = read_manifest(row["manifest_path"], row["manifest_sha256"])
+        digests = retrain_from_manifest(con, manifest)
+    assert digests == {role: manifest["artefacts"][role]["sha256"] for role in ("eval", "served")}
