@@ -45,7 +45,7 @@ class PromotionPolicy(Config):
         default=0.01, description="candidate NDCG@10 must be >= (1 + margin) x the best baseline's"
     )
     champion_tolerance: float = Field(
-        default=0.01,
+        default=0.02,
         description="the bootstrap interval of candidate - champion NDCG@10 must lie above -tolerance (absolute)",
     )
     confidence: float = Field(default=0.95, description="confidence level of the paired bootstrap interval")
