@@ -2,6 +2,7 @@
 
     factory run [--source S] [--path P] [--start D] [--end D] [--backtest] [--home H] [--json]
     factory dev [dagster dev options...]
+    factory models list | show VERSION | diff A B | rollback [--to VERSION] --reason TEXT   (factory_assets.registry.cli)
 
 ``factory run`` materialises every raw and feature partition of the range (one ``daily_ingest`` run per
 day), then trains, gates and (if the gates pass) promotes one candidate per day for the last 7 days of the
@@ -197,10 +198,15 @@ def main(argv: list[str] | None = None) -> int:
     run_p.add_argument("--json", action="store_true", help="print one JSON summary on stdout; logs on stderr")
     dev_p = sub.add_parser("dev", help="dagster dev on the factory's instance (extra args are passed on)")
     dev_p.add_argument("extra", nargs=argparse.REMAINDER)
+    from factory_assets.registry import cli as models_cli
+
+    models_cli.add_parser(sub)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
     if args.command == "dev":
         return dev(args.extra)
+    if args.command == "models":
+        return models_cli.main(args)
     summary = run(args)
     if args.json:
         json.dump(summary, sys.stdout, indent=2, default=str)

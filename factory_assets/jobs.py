@@ -79,3 +79,43 @@ def apply_retention():
 @job(name=ERASURE_JOB, description="Right to erasure: delete one user's events everywhere; affected models become stale.")
 def erase_user():
     erasure_op()
+
+
+# --------------------------------------------------------------------------- rollback
+ROLLBACK_JOB = "rollback_champion"
+
+
+class RollbackConfig(Config):
+    to_version: int | None = Field(
+        default=None, description="version to restore; default: the previous eligible champion (no ping-pong)"
+    )
+    reason: str = Field(description="why the champion is rolled back (recorded in model_events and the alias)")
+    actor: str = Field(default="dagster", description="who asked for it (recorded)")
+
+
+@op(pool=WAREHOUSE_POOL, description="Restore the previous champion (or to_version) after verifying its artefacts.")
+def rollback_op(context: OpExecutionContext, config: RollbackConfig, factory: FactoryResource) -> dict:
+    from dagster import Failure
+
+    from factory_assets.recsys.artefact import ArtefactIntegrityError
+
+    layout = factory.layout.ensure()
+    with factory.warehouse() as con:
+        try:
+            pointer = registry.rollback(con, layout.aliases, config.reason, config.actor, config.to_version)
+        except (LookupError, ValueError, ArtefactIntegrityError, FileNotFoundError) as exc:
+            raise Failure(description=f"rollback refused: {exc}", allow_retries=False) from exc
+    summary = {"from_version": pointer["previous_version"], "to_version": pointer["version"], "sha256": pointer["sha256"],
+               "actor": config.actor, "reason": pointer["reason"]}
+    context.log.info(f"rollback: v{summary['from_version']} -> v{summary['to_version']} by {config.actor}")
+    context.log_event(AssetMaterialization(  # the alias moved: served_model of the restored version's day
+        asset_key="served_model", partition=pointer["partition_day"], tags={"dagster/data_version": pointer["sha256"]},
+        description=f"rolled back to v{pointer['version']}",
+        metadata={"version": pointer["version"], "previous_version": pointer["previous_version"], "reason": pointer["reason"]},
+    ))
+    return summary
+
+
+@job(name=ROLLBACK_JOB, description="Roll the served champion back to the previous eligible champion (or a given version).")
+def rollback_champion():
+    rollback_op()

@@ -15,7 +15,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 ALL_ASSETS = [*DATAOPS_ASSETS, *MLOPS_ASSETS]
 INGEST = [key.to_user_string() for a in DATAOPS_ASSETS for key in a.keys]
-TRAIN = [key.to_user_string() for a in MLOPS_ASSETS for key in a.keys]
+TRAIN = ["training_window", "candidate_model", "served_model"]
 
 # A shop small enough for a 28-day window to ingest and train in seconds.
 SMALL_SHOP = {"n_users": 400, "n_items": 120, "events_per_day": 3000, "seed": 11, "shift_date": "2024-11-11"}

@@ -246,22 +246,13 @@ def designate_shadow(
     return _move_alias(con, aliases_dir, SHADOW, version, reason, "shadowed", pointer_extra, actor="factory")
 
 
-def champion_history(con: duckdb.DuckDBPyConnection) -> list[int]:
-    """Versions in the order they became champion (promotions and rollbacks), oldest first."""
-    rows = con.execute(
-        f"SELECT version FROM {EVENTS} WHERE to_status = ? AND action IN ('promoted', 'rolled_back') ORDER BY changed_at, version",
-        [CHAMPION],
-    ).fetchall()
-    return [int(r[0]) for r in rows]
-
-
 def rollback(
     con: duckdb.DuckDBPyConnection, aliases_dir: Path, reason: str, actor: str, to_version: int | None = None
 ) -> dict:
     """Restore the previous champion (or ``to_version``) after verifying its manifest and artefact.
 
-    The previous champion is the latest earlier champion that is not the current one, was never rejected
-    and was not trained on erased data.  Recorded as ``rolled_back`` with ``actor`` and ``reason``.
+    The previous champion is the first of :func:`rollback_candidates` (the champion stack below the current
+    one: no ping-pong between two versions).  Recorded as ``rolled_back`` with ``actor`` and ``reason``.
 
     Raises:
         LookupError: no champion to roll back from, or no eligible earlier champion.
@@ -274,10 +265,9 @@ def rollback(
     if current is None:
         raise LookupError("there is no champion to roll back from")
     if to_version is None:
-        earlier = [v for v in reversed(champion_history(con)) if v != current["version"]]
-        eligible = [v for v in earlier if version_row(con, v)["status"] != "rejected" and not has_event(con, v, ERASED_DATA)]
+        eligible = rollback_candidates(con, int(current["version"]))
         if not eligible:
-            raise LookupError(f"no earlier champion to roll back to from version {current['version']}")
+            raise LookupError(f"no earlier eligible champion to roll back to from version {current['version']}")
         to_version = eligible[0]
     row = version_row(con, to_version)
     if to_version == current["version"]:
@@ -293,19 +283,13 @@ def rollback(
 
 
 # --------------------------------------------------------------------------- champion stack, rollback targets
-def version_history(con: duckdb.DuckDBPyConnection, version: int) -> pd.DataFrame:
-    """Every history row of one version, oldest first (the columns of ``model_events``; empty if unknown)."""
-    return con.execute(f"SELECT * FROM {EVENTS} WHERE version = ? ORDER BY changed_at, rowid", [version]).df()
-
-
 def champion_stack(con: duckdb.DuckDBPyConnection) -> list[int]:
     """The champions still "below" the current one, oldest first; the last entry is the current champion.
 
     Replays the history: a promotion pushes its version; a rollback pops the champion it rolled back from
     (that one was judged bad) and then truncates the stack to the last occurrence of its target (or pushes the
     target when it was never champion).  So after ``v1, v2, v3`` and a rollback to ``v2`` the stack is
-    ``[v1, v2]``: the next rollback goes to ``v1``, never back to ``v3`` (no ping-pong), whereas
-    :func:`champion_history` lists ``[v1, v2, v3, v2]``.
+    ``[v1, v2]``: the next rollback goes to ``v1``, never back to ``v3`` (no ping-pong).
     """
     rows = con.execute(
         f"SELECT version, action FROM {EVENTS} WHERE to_status = ? AND action IN ('promoted', 'rolled_back') "
@@ -344,25 +328,3 @@ def rollback_candidates(con: duckdb.DuckDBPyConnection, current_version: int) ->
             continue
         out.append(version)
     return out
-
-
-def rollback_champion(
-    con: duckdb.DuckDBPyConnection, aliases_dir: Path, reason: str, actor: str, to_version: int | None = None
-) -> dict:
-    """:func:`rollback`, with the default target taken from :func:`rollback_candidates` (no ping-pong).
-
-    Returns:
-        the new champion pointer (``previous_version`` names the version rolled back from).
-    Raises:
-        LookupError: no champion, no eligible earlier champion, or an unknown ``to_version``.
-        ValueError / ArtefactIntegrityError: as :func:`rollback` (nothing changes).
-    """
-    current = read_alias(aliases_dir)
-    if current is None:
-        raise LookupError("there is no champion to roll back from")
-    if to_version is None:
-        candidates = rollback_candidates(con, int(current["version"]))
-        if not candidates:
-            raise LookupError(f"no earlier eligible champion to roll back to from version {current['version']}")
-        to_version = candidates[0]
-    return rollback(con, aliases_dir, reason, actor, to_version)

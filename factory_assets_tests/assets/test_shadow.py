@@ -1,0 +1,203 @@
+"""``shadow_evaluation`` end to end: a trained champion, a hand-built shadow, logs replayed from the simulator."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import date, timedelta
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from dagster import materialize
+
+from factory_assets import serving_log, warehouse
+from factory_assets.assets.shadow import SHADOW_EVALUATION, SHADOW_SCORES, score_rows, shadow_evaluation
+from factory_assets.recsys.artefact import load_manifest_model, save_model, write_manifest
+from factory_assets.recsys.model import BlendModel
+from factory_assets.registry import registry
+from factory_assets.resources import FactoryResource
+from factory_assets_tests.helpers import FIRST_DAY, days, ingest, small_factory, train
+
+CHAMPION_DAY = FIRST_DAY + timedelta(days=27)
+REPLAY_DAYS = days(FIRST_DAY + timedelta(days=28), 3)
+N_REQUESTS = 250
+
+
+def _con(home: Path) -> duckdb.DuckDBPyConnection:
+    con = duckdb.connect(str(home / "simulator" / "warehouse.duckdb"))
+    con.execute("SET TimeZone = 'UTC'")
+    return con
+
+
+def _aliases(home: Path) -> Path:
+    return home / "simulator" / "aliases"
+
+
+def _ensure_ingested(factory: FactoryResource, home: Path, wanted: list[date]) -> None:
+    """The replay days must have their purchases in the warehouse (ingest whatever is missing)."""
+    with _con(home) as con:
+        have = set(warehouse.ledger(con, warehouse.RAW_EVENTS, min(wanted), max(wanted))["partition_day"])
+    missing = [d for d in wanted if d not in have]
+    if missing:
+        ingest(factory, missing)
+
+
+def _champion(home: Path, factory: FactoryResource) -> tuple[int, BlendModel]:
+    result = train(factory, CHAMPION_DAY)
+    assert result.success
+    pointer = registry.read_alias(_aliases(home))
+    assert pointer is not None
+    return int(pointer["version"]), load_manifest_model(pointer["path"], "served", pointer["sha256"])
+
+
+def _register_shadow(home: Path, model: BlendModel, label: str) -> int:
+    """Save a hand-built model as a content-addressed artefact + manifest, register it and make it the shadow."""
+    models_dir = home / "simulator" / "artefacts" / "models"
+    path, sha = save_model(model, models_dir)
+    manifest = {
+        "format": "factory_assets.manifest/1", "source": "simulator", "partition": CHAMPION_DAY.isoformat(),
+        "note": f"hand-built {label} shadow (test)",
+        "artefacts": {"served": {"file": path.name, "sha256": sha, "bytes": path.stat().st_size}},
+        "evaluation": {"model": {"ndcg_at_10": 0.0}},
+    }
+    manifest_path, manifest_sha = write_manifest(manifest, models_dir)
+    with _con(home) as con:
+        version = registry.register(con, CHAMPION_DAY, manifest_path, manifest_sha, "candidate", label, {"evaluation": manifest["evaluation"]})
+        registry.designate_shadow(con, _aliases(home), version, f"{label} shadow for the test")
+    return version
+
+
+def _oracle(champion: BlendModel, factory: FactoryResource) -> BlendModel:
+    """The champion plus knowledge of the replay days' purchases: clearly better on live traffic."""
+    events = pd.concat([factory.event_source.fetch_day(d).events for d in REPLAY_DAYS])
+    bought = events[events["event_type"] == "purchase"].drop_duplicates(["user_id", "item_id"])
+    rows, cols = champion.user_rows(bought["user_id"].to_numpy()), np.searchsorted(champion.item_ids, bought["item_id"].to_numpy().astype(str))
+    keep = (rows >= 0) & (cols < len(champion.item_ids))
+    keep[keep] &= champion.item_ids[cols[keep]] == bought["item_id"].to_numpy().astype(str)[keep]
+    boost = sp.csr_matrix((np.full(keep.sum(), 50.0, dtype=np.float32), (rows[keep], cols[keep])), shape=champion.history.shape)
+    return replace(champion, history=(champion.history + boost).tocsr().astype(np.float32))
+
+
+def _anti_popular(champion: BlendModel) -> BlendModel:
+    """Recommends the least popular items to everybody: clearly worse."""
+    pop = champion.popularity.astype(np.float64)
+    return replace(
+        champion,
+        user_factors=np.zeros_like(champion.user_factors),
+        history=sp.csr_matrix(champion.history.shape, dtype=np.float32),
+        popularity=(pop.max() - pop + 1e-3).astype(np.float32),
+    )
+
+
+def _replay(home: Path, factory: FactoryResource, champion: tuple[int, BlendModel], shadow: tuple[int, BlendModel], day: date) -> Path:
+    log = serving_log.replay_from_simulator(factory.event_source, day, champion, shadow, N_REQUESTS, seed=3)
+    return serving_log.write_log_file(log, serving_log.log_directory(home / "simulator"))
+
+
+def _evaluate(factory: FactoryResource, day: date, **config):
+    result = materialize(
+        [shadow_evaluation], partition_key=day.isoformat(), resources={"factory": factory},
+        run_config={"ops": {SHADOW_EVALUATION: {"config": config}}} if config else None, raise_on_error=False,
+    )
+    assert result.success, [e.event_specific_data for e in result.all_events if e.is_failure]
+    [mat] = result.get_asset_materialization_events()
+    return {k: v.value for k, v in mat.materialization.metadata.items()}
+
+
+def test_a_better_shadow_is_promoted_on_the_third_day(home_copy):
+    factory = small_factory(home_copy)
+    _ensure_ingested(factory, home_copy, REPLAY_DAYS)
+    champion = _champion(home_copy, factory)
+    oracle = _oracle(champion[1], factory)
+    shadow_v = _register_shadow(home_copy, oracle, "better")
+
+    verdicts = []
+    for i, day in enumerate(REPLAY_DAYS):
+        _replay(home_copy, factory, champion, (shadow_v, oracle), day)
+        meta = _evaluate(factory, day)
+        verdicts.append(meta["verdict"])
+        assert meta["n_requests"] == N_REQUESTS and (meta["champion_version"], meta["shadow_version"]) == (champion[0], shadow_v)
+        assert meta["shadow_ndcg_at_10"] > meta["champion_ndcg_at_10"]
+        assert meta["promoted"] is (i == 2)
+        assert "| day | champion | shadow |" in meta["history"]
+    assert verdicts[0].startswith("keep collecting") and "1 of 3 days" in verdicts[0]
+    assert "2 of 3 days" in verdicts[1]
+    assert verdicts[2].startswith(f"promoted v{shadow_v} to champion (was v{champion[0]})")
+
+    pointer = registry.read_alias(_aliases(home_copy))
+    assert pointer["version"] == shadow_v and pointer["previous_version"] == champion[0]
+    assert registry.read_alias(_aliases(home_copy), registry.SHADOW) is None  # a promoted shadow stops shadowing
+    with _con(home_copy) as con:
+        history = registry.history(con)
+        scores = con.execute(f"SELECT day, champion_version, shadow_version, n_requests FROM {SHADOW_SCORES} ORDER BY day").fetchall()
+        statuses = dict(zip(registry.versions(con)["version"], registry.versions(con)["status"]))
+    [promotion] = history[(history["version"] == shadow_v) & (history["action"] == "promoted")].itertuples()
+    assert promotion.to_status == "champion" and promotion.from_status == "shadow"
+    assert all(d.isoformat() in promotion.reason for d in REPLAY_DAYS) and "NDCG@10" in promotion.reason
+    assert statuses[champion[0]] == "retired" and statuses[shadow_v] == "champion"
+    assert [(d, c, s, n) for d, c, s, n in scores] == [(d, champion[0], shadow_v, N_REQUESTS) for d in REPLAY_DAYS]
+
+    # Re-running the last day replaces its row and promotes nothing again (there is no shadow any more).
+    again = _evaluate(factory, REPLAY_DAYS[-1])
+    assert again["promoted"] is False and again["verdict"].startswith("no shadow designated")
+    with _con(home_copy) as con:
+        assert con.execute(f"SELECT count(*) FROM {SHADOW_SCORES} WHERE day = ?", [REPLAY_DAYS[-1]]).fetchone()[0] == 1
+        assert registry.champion_stack(con).count(shadow_v) == 1
+
+
+def test_a_worse_shadow_is_never_promoted_and_empty_days_are_notes(home_copy):
+    factory = small_factory(home_copy)
+    _ensure_ingested(factory, home_copy, REPLAY_DAYS)
+
+    # Before any shadow or log: a day materialises with 0 requests and says why.
+    meta = _evaluate(factory, REPLAY_DAYS[0])
+    assert meta["n_requests"] == 0 and meta["note"].startswith("no shadow designated and no served log")
+    assert meta["promoted"] is False
+
+    champion = _champion(home_copy, factory)
+    worse = _anti_popular(champion[1])
+    shadow_v = _register_shadow(home_copy, worse, "worse")
+    for day in REPLAY_DAYS:
+        _replay(home_copy, factory, champion, (shadow_v, worse), day)
+        meta = _evaluate(factory, day, min_days=3, min_lift=0.0)
+        assert meta["n_requests"] == N_REQUESTS and meta["promoted"] is False
+        assert meta["shadow_ndcg_at_10"] < meta["champion_ndcg_at_10"]
+        assert meta["verdict"].startswith("keep collecting")
+    assert "did not beat the champion" in meta["verdict"]
+    # Even with min_days=1 a worse shadow stays a shadow.
+    assert _evaluate(factory, REPLAY_DAYS[-1], min_days=1)["promoted"] is False
+    assert registry.read_alias(_aliases(home_copy))["version"] == champion[0]
+    assert registry.read_alias(_aliases(home_copy), registry.SHADOW)["version"] == shadow_v
+
+    # A shadow but no log for the day: 0 requests, a note, no error.
+    quiet = REPLAY_DAYS[-1] + timedelta(days=1)
+    _ensure_ingested(factory, home_copy, [quiet])
+    meta = _evaluate(factory, quiet)
+    assert meta["n_requests"] == 0 and meta["note"] == "no served log for this day: nothing to score"
+    assert meta["shadow_version"] == shadow_v
+
+    # An unreadable file in the log directory is reported, and the day is still scored.
+    (serving_log.log_directory(home_copy / "simulator") / "broken.parquet").write_bytes(b"\x00garbage")
+    meta = _evaluate(factory, REPLAY_DAYS[0])
+    assert meta["n_requests"] == N_REQUESTS and any("broken.parquet" in p for p in meta["log_problems"])
+
+
+def test_a_log_without_its_raw_day_fails_and_single_role_logs_are_notes(home_copy):
+    factory = small_factory(home_copy)
+    unknown = FIRST_DAY + timedelta(days=40)  # never ingested: its purchases are unknown
+    rows = pd.DataFrame({
+        "request_id": ["r1", "r1"], "ts": pd.to_datetime([f"{unknown} 10:00"] * 2, utc=True), "user_id": ["u001"] * 2,
+        "model_version": [1, 1], "role": ["champion"] * 2, "item_id": ["i001", "i002"], "position": [1, 2], "score": [2.0, 1.0],
+    })
+    serving_log.write_log_file(rows, serving_log.log_directory(home_copy / "simulator"))
+    result = materialize([shadow_evaluation], partition_key=unknown.isoformat(), resources={"factory": factory}, raise_on_error=False)
+    assert not result.success
+    [failure] = [e for e in result.all_events if e.is_step_failure]
+    assert "raw_events" in failure.event_specific_data.error.message
+
+    [row] = score_rows(unknown, serving_log.read_log(serving_log.log_directory(home_copy / "simulator"), unknown),
+                       rows.iloc[0:0][["user_id", "item_id", "ts"]], champion=1, shadow=None)
+    assert row["n_requests"] == 0 and row["n_excluded"] == 1
+    assert row["note"] == "the served log has no request logged for both roles (1 single-role request(s)): nothing to score"
