@@ -2,6 +2,7 @@
 
     factory run [--source S] [--path P] [--start D] [--end D] [--backtest] [--home H] [--json]
     factory dev [dagster dev options...]
+    factory serve [--host 127.0.0.1] [--port 8000]   (factory_assets.service: HTTP recommendations of the champion)
     factory models list | show VERSION | diff A B | rollback [--to VERSION] --reason TEXT   (factory_assets.registry.cli)
 
 ``factory run`` materialises every raw and feature partition of the range (one ``daily_ingest`` run per
@@ -201,12 +202,17 @@ def main(argv: list[str] | None = None) -> int:
     from factory_assets.registry import cli as models_cli
 
     models_cli.add_parser(sub)
+    from factory_assets.service import cli as service_cli
+
+    service_cli.add_parser(sub)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
     if args.command == "dev":
         return dev(args.extra)
     if args.command == "models":
         return models_cli.main(args)
+    if args.command == "serve":
+        return service_cli.main(args)
     summary = run(args)
     if args.json:
         json.dump(summary, sys.stdout, indent=2, default=str)

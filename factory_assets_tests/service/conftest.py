@@ -1,0 +1,78 @@
+"""Hand-built models published under a temporary FACTORY_HOME, and a service app around them."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from factory_assets.recsys.artefact import atomic_write_bytes, save_model, write_manifest
+from factory_assets.recsys.model import BlendModel, ModelParams
+
+SOURCE = "simulator"
+TOKEN = "s3cret-token"
+
+
+def hand_model(seed: int = 0, n_users: int = 6, n_items: int = 8, factors: int = 3, als_weight: float = 1.0) -> BlendModel:
+    """Users ``u0..``, items ``i0..``; user ``u0`` bought ``i0`` (twice) and ``i3``."""
+    rng = np.random.default_rng(seed)
+    hist = np.zeros((n_users, n_items), dtype=np.float32)
+    hist[0, 0], hist[0, 3], hist[1, 5] = 2.0, 1.0, 1.0
+    return BlendModel(
+        user_ids=np.asarray(sorted(f"u{i}" for i in range(n_users))),  # the factory keeps ids sorted
+        item_ids=np.asarray(sorted(f"i{i}" for i in range(n_items))),
+        user_factors=rng.normal(size=(n_users, factors)).astype(np.float32),
+        item_factors=rng.normal(size=(n_items, factors)).astype(np.float32),
+        history=sp.csr_matrix(hist),
+        popularity=np.arange(n_items, 0, -1).astype(np.float32),  # i0 most popular
+        als_weight=als_weight,
+        params=ModelParams(als_weight=als_weight),
+    )
+
+
+def publish(home: Path, model: BlendModel, version: int, alias: str = "champion") -> dict:
+    """Save ``model`` content-addressed with a manifest, and point ``alias`` at it (atomically)."""
+    root = Path(home) / SOURCE
+    models = root / "artefacts" / "models"
+    models.mkdir(parents=True, exist_ok=True)
+    path, digest = save_model(model, models)
+    manifest = {"format": "factory_assets.manifest/1", "version_hint": version,
+                "artefacts": {"served": {"file": path.name, "sha256": digest}}}
+    manifest_path, manifest_sha = write_manifest(manifest, models)
+    pointer = {"alias": alias, "version": version, "path": str(manifest_path), "sha256": manifest_sha}
+    (root / "aliases").mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(root / "aliases" / f"{alias}.json", json.dumps(pointer).encode())
+    return pointer
+
+
+@pytest.fixture
+def home(tmp_path) -> Path:
+    return tmp_path / "home"
+
+
+@pytest.fixture
+def make_client(home):
+    """``make_client(**config)`` -> a started TestClient (lifespan run); all are closed after the test."""
+    with warnings.catch_warnings():  # starlette's notice that it prefers httpx2 (httpx is what dagster pins)
+        warnings.simplefilter("ignore")
+        from fastapi.testclient import TestClient
+
+    from factory_assets.service.app import ServiceConfig, create_app
+
+    clients = []
+
+    def make(**overrides):
+        values = {"home": home, "source": SOURCE, "admin_token": TOKEN, "watch": False, "flush_interval_s": 60.0, "log_process": False}
+        values.update(overrides)
+        client = TestClient(create_app(ServiceConfig(**values)))
+        client.__enter__()
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.__exit__(None, None, None)
