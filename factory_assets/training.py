@@ -3,7 +3,9 @@
 Steps (no test day is ever used for fitting or tuning):
 
 1. split the window into train (first days) and test (last ``holdout_days``);
-2. choose the history weight on an inner split of the train days;
+2. tune on the train days only: the learned ranker (``recsys.ranker``, default ``model_kind="ranker"``) is
+   trained and searched on slices of the train days (features before labels in each), the blend's ALS
+   weight on an inner split; a ranker with no labelled slice falls back to the blend;
 3. fit the evaluation model on the train days and score it, both baselines and the plain-ALS reference on
    the same users (see ``recsys.evaluation``);
 4. refit on the whole window with the same parameters and seed: the served artefact knows the latest days.
@@ -12,9 +14,10 @@ Steps (no test day is ever used for fitting or tuning):
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
-from datetime import date
+from dataclasses import dataclass, replace
+from datetime import date, timedelta
 
+import numpy as np
 import pandas as pd
 
 from factory_assets.recsys.evaluation import (
@@ -42,6 +45,7 @@ class CandidateResult:
     model_report: RankingReport
     baselines: dict[str, RankingReport]
     references: dict[str, RankingReport]
+    cold_start: RankingReport | None = None
 
     def evaluation(self) -> dict:
         """The JSON summary: ``model``, ``baselines`` (exactly popularity and repeat), ``references``."""
@@ -49,6 +53,11 @@ class CandidateResult:
             "train_days": [d.isoformat() for d in self.split.train_days],
             "test_days": [d.isoformat() for d in self.split.test_days],
             "als_weight": self.eval_model.als_weight,
+            "model_kind": "ranker" if self.eval_model.ranker is not None else "blend",
+            # cold-start users: converted in the test days on catalogue items, no training row at all; they are
+            # not in the protocol's evaluated users and get the fallback (recency-weighted popularity)
+            "cold_start_users": 0 if self.cold_start is None else self.cold_start.n_users,
+            "cold_start_ndcg_at_10": None if self.cold_start is None else round(self.cold_start.ndcg, 6),
         }
         return {
             "model": self.model_report.as_dict() | extra,
@@ -73,12 +82,18 @@ def train_candidate(window: pd.DataFrame, bounds: tuple[date, date], holdout_day
             f"no user converted both in {split.train_days[0]}..{split.train_days[1]} and in "
             f"{split.test_days[0]}..{split.test_days[1]}: nothing to evaluate"
         )
-    tuning = tune_als_weight(split.train, split.train_days, params, holdout_days)
-    eval_model = fit_model(split.train, split.train_days[1], params, tuning.als_weight)
+    ranked = _train_ranker(window, bounds, split, holdout_days, params) if params.model_kind == "ranker" else None
+    if ranked is not None:
+        tuning, eval_model, served = ranked
+    else:  # the blend (also the ranker's fallback when the train days hold no labelled slice)
+        params = replace(params, model_kind="blend")
+        tuning = tune_als_weight(split.train, split.train_days, params, holdout_days)
+        eval_model = fit_model(split.train, split.train_days[1], params, tuning.als_weight)
+        served = fit_model(window, bounds[1], params, tuning.als_weight)
     report = evaluate(model_scores(eval_model, eval_set), eval_set)
     plain_als = evaluate(model_scores(eval_model.als_only(), eval_set), eval_set)
-    served = fit_model(window, bounds[1], params, tuning.als_weight)
     return CandidateResult(
+        cold_start=cold_start_report(split, eval_set, eval_model),
         split=split,
         eval_set=eval_set,
         tuning=tuning,
@@ -88,6 +103,57 @@ def train_candidate(window: pd.DataFrame, bounds: tuple[date, date], holdout_day
         baselines=evaluate_baselines(split.train, eval_set),
         references={"als": plain_als},
     )
+
+
+def cold_start_report(split: TemporalSplit, eval_set: EvalSet, model: BlendModel) -> RankingReport | None:
+    """Metrics of the model's fallback on the test-day converters with no training row (None if there are none)."""
+    known = set(split.train["user_id"].astype(str))
+    test = split.test[(split.test["n_conversions"] > 0) & ~split.test["user_id"].astype(str).isin(known)]
+    test = test[test["item_id"].astype(str).isin(set(eval_set.catalogue.tolist()))]
+    if test.empty:
+        return None
+    positions = {item: i for i, item in enumerate(eval_set.catalogue.tolist())}
+    grouped = test.groupby(test["user_id"].astype(str))["item_id"].agg(lambda s: {positions[str(i)] for i in s})
+    cold = EvalSet(catalogue=eval_set.catalogue, user_ids=np.sort(grouped.index.to_numpy(dtype=str)).astype(str),
+                   truth=[grouped[u] for u in np.sort(grouped.index.to_numpy(dtype=str))])
+    return evaluate(model_scores(model, cold), cold)
+
+
+RANKER_LABEL_OFFSETS = (0, 3, 6)  # label windows end this many days before the last training day
+
+
+def ranker_slices(train: pd.DataFrame, train_days: tuple[date, date], holdout_days: int, offsets=RANKER_LABEL_OFFSETS):
+    """Training slices for the ranker from the TRAIN rows only: for each offset, labels = conversions in the
+    ``holdout_days`` days ending ``offset`` days before the last training day, features = the days before them."""
+    from factory_assets.recsys.ranker import LabelSlice
+
+    slices = []
+    for offset in offsets:
+        end = train_days[1] - timedelta(days=offset)
+        if (end - train_days[0]).days + 1 <= holdout_days + 7:
+            continue
+        days = pd.to_datetime(train["day"]).dt.date
+        inner = temporal_split(train[days <= end].reset_index(drop=True), (train_days[0], end), holdout_days)
+        inner_set = build_eval_set(inner.train, inner.test)
+        if inner.train.empty or len(inner_set.user_ids) == 0:
+            continue
+        label_items = [{str(inner_set.catalogue[j]) for j in t} for t in inner_set.truth]
+        slices.append(LabelSlice(inner.train, inner.train_days[1], inner_set.user_ids, label_items))
+    return slices
+
+
+def _train_ranker(window, bounds, split: TemporalSplit, holdout_days: int, params: ModelParams):
+    """The learned ranker (``recsys.ranker``): search and fit on slices of the TRAIN days only; None when no
+    slice can be built (the caller then trains the blend)."""
+    from factory_assets.recsys import ranker
+
+    slices = ranker_slices(split.train, split.train_days, holdout_days)
+    if not slices:  # too few training days or no user converting in both parts: fall back to the blend
+        return None
+    fit = ranker.train_ranker(slices, params)
+    eval_model = ranker.fit_ranker_model(split.train, split.train_days[1], fit)
+    served = ranker.fit_ranker_model(window, bounds[1], fit)
+    return Tuning(0.0, fit.trace), eval_model, served
 
 
 def retrain_from_manifest(con, manifest: dict) -> dict[str, str]:

@@ -15,7 +15,7 @@ from factory_assets_tests.helpers import REPO_ROOT
 
 EXPECTED = {
     "raw_events", "user_item_daily", "item_daily", "user_features", "item_features", "online_features",
-    "training_window", "candidate_model", "served_model",
+    "training_window", "candidate_model", "served_model", "shadow_evaluation", "behaviour_drift",
 }
 
 
@@ -24,7 +24,7 @@ def test_defs_is_a_plain_definitions_with_every_asset_and_job():
     Definitions.validate_loadable(defs)
     graph = defs.resolve_asset_graph()
     assert {k.to_user_string() for k in graph.get_all_asset_keys()} == EXPECTED
-    assert {j.name for j in defs.jobs} >= {"daily_ingest", "daily_training", "apply_retention", "erase_user"}
+    assert {j.name for j in defs.jobs} >= {"daily_ingest", "daily_training", "apply_retention", "erase_user", "rollback_champion"}
     assert "factory" in defs.resources
 
 

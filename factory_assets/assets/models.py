@@ -97,6 +97,25 @@ def training_window(context: AssetExecutionContext, factory: FactoryResource) ->
 _DEFAULTS = ModelParams()
 
 
+def _ranker_manifest(model) -> dict | None:
+    """What the manifest says of a ranker model: kind, features and the sha256 of its ranker arrays (in the npz)."""
+    if model.ranker is None:
+        return None
+    import hashlib
+
+    from factory_assets.recsys.artefact import npz_bytes, ranker_arrays
+    from factory_assets.recsys.ranker import FEATURES, LinearRanker
+
+    arrays = ranker_arrays(model.ranker)
+    return {
+        "kind": "logistic_regression" if isinstance(model.ranker.linear, LinearRanker) else "gradient_boosted_trees",
+        "features": list(FEATURES),
+        "n_candidates": model.ranker.n_candidates,
+        "arrays": sorted(arrays),
+        "arrays_sha256": hashlib.sha256(npz_bytes(arrays)).hexdigest(),
+    }
+
+
 class CandidateConfig(Config):
     """Hyper-parameters of the candidate (run config); defaults are ``ModelParams``'s."""
 
@@ -108,6 +127,12 @@ class CandidateConfig(Config):
     half_life_days: float = Field(default=_DEFAULTS.half_life_days, description="recency half-life of interactions, days")
     popularity_weight: float = Field(default=_DEFAULTS.popularity_weight, description="weight of the popularity term")
     als_weight: float | None = Field(default=None, description="fixed ALS weight; None = tune on the train days")
+    model_kind: str = Field(default=_DEFAULTS.model_kind,
+                            description='"blend" (history + popularity + ALS formula) or "ranker" (learned ranker over candidates)')
+    n_candidates: int = Field(default=_DEFAULTS.n_candidates, description="ranker: candidates per source and user")
+    ranker_c: float | None = Field(default=None, description="ranker: fixed logistic-regression C; None = search")
+    search_budget: int = Field(default=_DEFAULTS.search_budget, description="ranker: ALS configurations tried on the validation days")
+    ranker_kind: str = Field(default=_DEFAULTS.ranker_kind, description='ranker: "linear" or "trees"')
 
     def params(self) -> ModelParams:
         return ModelParams(**self.model_dump())
@@ -173,6 +198,7 @@ def candidate_model(context: AssetExecutionContext, config: CandidateConfig, fac
         "feature_versions": feature_versions,
         "holdout_days": HOLDOUT_DAYS,
         "tuning_trace": result.tuning.trace,
+        "ranker": _ranker_manifest(result.served_model),
         "artefacts": {
             "eval": {"file": eval_path.name, "sha256": eval_sha, "bytes": eval_path.stat().st_size,
                      "trained_on": evaluation["model"]["train_days"]},

@@ -86,11 +86,68 @@ def model_arrays(model: BlendModel) -> dict[str, np.ndarray]:
         "popularity": model.popularity.astype(np.float32),
         "als_weight": np.asarray([model.als_weight], dtype=np.float64),
         "params_json": np.asarray([json.dumps(model.params.as_dict(), sort_keys=True)]),
+    } | ({} if model.ranker is None else ranker_arrays(model.ranker))
+
+
+def _csr_arrays(prefix: str, matrix: sp.csr_matrix) -> dict[str, np.ndarray]:
+    m = matrix.tocsr()
+    return {f"{prefix}_data": m.data.astype(np.float32), f"{prefix}_indices": m.indices.astype(np.int32),
+            f"{prefix}_indptr": m.indptr.astype(np.int64), f"{prefix}_shape": np.asarray(m.shape, dtype=np.int64)}
+
+
+def _csr_from(prefix: str, arrays: dict[str, np.ndarray]) -> sp.csr_matrix:
+    shape = tuple(int(v) for v in arrays[f"{prefix}_shape"])
+    return sp.csr_matrix((arrays[f"{prefix}_data"], arrays[f"{prefix}_indices"], arrays[f"{prefix}_indptr"]), shape=shape)
+
+
+RANKER_PREFIX = "ranker__"
+_TREE_FIELDS = ("roots", "feature", "threshold", "missing_left", "left", "right", "is_leaf", "value")
+
+
+def ranker_arrays(part) -> dict[str, np.ndarray]:
+    """Arrays of a ``recsys.ranker.RankerPart`` (sources, linear coefficients or tree nodes), prefixed ``ranker__``."""
+    from factory_assets.recsys.ranker import TreeRanker
+
+    src = part.sources
+    out = {
+        **_csr_arrays("recency", src.recency), **_csr_arrays("neighbours", src.neighbours),
+        **_csr_arrays("days_count", src.days_count),
+        "converters": src.converters.astype(np.float32), "converters_7d": src.converters_7d.astype(np.float32),
+        "converters_prev_7d": src.converters_prev_7d.astype(np.float32),
+        "item_repeat_rate": src.item_repeat_rate.astype(np.float32), "user_days": src.user_days.astype(np.float32),
+        "n_candidates": np.asarray([part.n_candidates], dtype=np.int64),
     }
+    lin = part.linear
+    if isinstance(lin, TreeRanker):
+        out |= {f"tree_{f}": np.asarray(getattr(lin, f)) for f in _TREE_FIELDS}
+        out |= {"tree_baseline": np.asarray([lin.baseline], dtype=np.float64), "tree_max_depth": np.asarray([lin.max_depth], dtype=np.int64)}
+    else:
+        out |= {"coef": lin.coef.astype(np.float64), "intercept": np.asarray([lin.intercept], dtype=np.float64),
+                "mean": lin.mean.astype(np.float64), "scale": lin.scale.astype(np.float64)}
+    return {RANKER_PREFIX + k: v for k, v in out.items()}
+
+
+def ranker_from_arrays(arrays: dict[str, np.ndarray]):
+    """The inverse of :func:`ranker_arrays` (``arrays`` with the prefix stripped)."""
+    from factory_assets.recsys.candidates import SourceArrays
+    from factory_assets.recsys.ranker import LinearRanker, RankerPart, TreeRanker
+
+    sources = SourceArrays(
+        recency=_csr_from("recency", arrays), neighbours=_csr_from("neighbours", arrays),
+        converters=arrays["converters"], converters_7d=arrays["converters_7d"],
+        converters_prev_7d=arrays["converters_prev_7d"], days_count=_csr_from("days_count", arrays),
+        item_repeat_rate=arrays["item_repeat_rate"], user_days=arrays["user_days"],
+    )
+    if "tree_roots" in arrays:
+        linear = TreeRanker(**{f: arrays[f"tree_{f}"] for f in _TREE_FIELDS}, baseline=float(arrays["tree_baseline"][0]),
+                            max_depth=int(arrays["tree_max_depth"][0]))
+    else:
+        linear = LinearRanker(coef=arrays["coef"], intercept=float(arrays["intercept"][0]), mean=arrays["mean"], scale=arrays["scale"])
+    return RankerPart(sources=sources, linear=linear, n_candidates=int(arrays["n_candidates"][0]))
 
 
 def model_from_arrays(arrays: dict[str, np.ndarray]) -> BlendModel:
-    """Rebuild a model from :func:`model_arrays` output."""
+    """Rebuild a model from :func:`model_arrays` output (a ranker model when ``ranker__*`` arrays are present)."""
     user_ids = arrays["user_ids"].astype(str)
     item_ids = arrays["item_ids"].astype(str)
     history = sp.csr_matrix(
@@ -99,7 +156,9 @@ def model_from_arrays(arrays: dict[str, np.ndarray]) -> BlendModel:
     )
     params = json.loads(str(arrays["params_json"][0]))
     params["als_weight_grid"] = tuple(params["als_weight_grid"])
+    ranked = {k[len(RANKER_PREFIX):]: v for k, v in arrays.items() if k.startswith(RANKER_PREFIX)}
     return BlendModel(
+        ranker=ranker_from_arrays(ranked) if ranked else None,
         user_ids=user_ids,
         item_ids=item_ids,
         user_factors=arrays["user_factors"],

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict, dataclass, field, replace
 from datetime import date
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -43,6 +44,17 @@ class ModelParams:
     popularity_weight: float = 1.0
     als_weight: float | None = None
     als_weight_grid: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0)
+    # The learned ranker (``recsys.ranker``, the default); ``model_kind="blend"`` is the formula above.
+    model_kind: str = "ranker"
+    n_candidates: int = 50
+    ranker_c: float | None = None
+    search_budget: int = 4
+    recency_half_life_days: float = 7.0
+    n_neighbours: int = 30
+    ranker_kind: str = "linear"  # "linear" (logistic regression) or "trees" (gradient-boosted trees)
+    tree_iterations: int = 100
+    tree_leaves: int = 15
+    ranker_user_weighting: bool = False  # weight each user's positives / negatives to sum to 1 (listwise-like)
 
     def as_dict(self) -> dict:
         out = asdict(self)
@@ -66,6 +78,7 @@ class BlendModel:
     popularity: np.ndarray
     als_weight: float
     params: ModelParams = field(default_factory=ModelParams)
+    ranker: Any = None  # a ``recsys.ranker.RankerPart`` (extra sources + coefficients), None for the blend
 
     def user_rows(self, user_ids: np.ndarray | list[str]) -> np.ndarray:
         """Row of each user id, ``-1`` for users the model has never seen (cold start)."""
@@ -74,11 +87,15 @@ class BlendModel:
     def als_only(self) -> "BlendModel":
         """The plain-ALS reference: the same factors without the history and popularity terms."""
         empty = sp.csr_matrix(self.history.shape, dtype=np.float32)
-        return replace(self, history=empty, als_weight=1.0, params=replace(self.params, popularity_weight=0.0))
+        return replace(self, history=empty, als_weight=1.0, ranker=None, params=replace(self.params, popularity_weight=0.0))
 
     def scores(self, rows: np.ndarray) -> np.ndarray:
         """Scores ``(len(rows), n_items)`` float64 per the module formula; rows ``-1`` get popularity only."""
         rows = np.asarray(rows, dtype=np.int64)
+        if self.ranker is not None:
+            from factory_assets.recsys.ranker import ranker_scores
+
+            return ranker_scores(self, rows)
         pop = self.popularity.astype(np.float64)
         pop_norm = pop / pop.max() if len(pop) and pop.max() > 0 else np.zeros_like(pop)
         out = np.tile(self.params.popularity_weight * pop_norm, (len(rows), 1))

@@ -1,0 +1,155 @@
+"""Candidate sources for the learned ranker, fitted point-in-time on one frame of ``user_item_daily`` rows.
+
+Every source is computed from the rows it is given and an ``as_of`` day (the last day of those rows), so a
+ranker whose sources were fitted on the inner-train days can never see an inner-validation day:
+
+- own history: recency-weighted conversions (``BlendModel.history``) and the recency of the user's last
+  interaction with the item, ``0.5 ** (age / recency_half_life_days)`` (:attr:`SourceArrays.recency`);
+- ALS (``BlendModel.user_factors`` / ``item_factors``);
+- popularity: recency-weighted conversions (``BlendModel.popularity``), all-window distinct converters
+  (``converters``) and its trend, distinct converters in the last 7 days vs the 7 days before
+  (``converters_7d`` / ``converters_prev_7d``);
+- co-purchase: item-item cosine similarity of the binary user x item interaction matrix, keeping the
+  ``neighbours`` most similar items per item (``neighbours`` CSR ``(n_items, n_items)``); a user's
+  co-purchase score for an item is ``sum_j sim(i, j) * [user interacted with j]``.
+
+A candidate is any item in the top ``n_per_source`` of one source for the user, or one the user interacted
+with (:func:`candidate_mask`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, timedelta
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from factory_assets.recsys.matrix import Interactions
+
+
+@dataclass(frozen=True)
+class SourceArrays:
+    """The non-ALS source arrays over a model's id space (all float32; CSR matrices).
+
+    ``recency`` ``(n_users, n_items)``: last-interaction decay (0 where never); ``converters``,
+    ``converters_7d``, ``converters_prev_7d`` ``(n_items,)``; ``neighbours`` ``(n_items, n_items)``.
+    """
+
+    recency: sp.csr_matrix
+    converters: np.ndarray
+    converters_7d: np.ndarray
+    converters_prev_7d: np.ndarray
+    neighbours: sp.csr_matrix
+    days_count: sp.csr_matrix | None = None  # (n_users, n_items): distinct days with a conversion
+    item_repeat_rate: np.ndarray | None = None  # (n_items,): share of the item's converters converting on >= 2 days
+    user_days: np.ndarray | None = None  # (n_users,): distinct days the user converted
+
+
+def fit_sources(
+    frame: pd.DataFrame,
+    as_of: date,
+    user_ids: np.ndarray,
+    item_ids: np.ndarray,
+    recency_half_life_days: float = 7.0,
+    n_neighbours: int = 30,
+) -> SourceArrays:
+    """Fit the history-recency, popularity-trend and co-purchase sources on ``frame`` (days <= ``as_of``)."""
+    days = pd.to_datetime(frame["day"])
+    age = (pd.Timestamp(as_of) - days).dt.days.to_numpy(dtype=np.float64)
+    if len(age) and age.min() < 0:
+        raise ValueError("frame holds rows after as_of: sources would read the future")
+    decay = np.power(0.5, age / recency_half_life_days)
+    work = pd.DataFrame({"user_id": frame["user_id"].astype(str).to_numpy(), "item_id": frame["item_id"].astype(str).to_numpy(),
+                         "decay": decay, "conv": frame["n_conversions"].to_numpy() > 0, "age": age})
+    last = work.groupby(["user_id", "item_id"], sort=False)["decay"].max().reset_index()
+    recency = Interactions.from_frame(last, "decay", user_ids, item_ids).matrix
+
+    conv = work[work["conv"]]
+    item_pos = Interactions(sp.csr_matrix((0, len(item_ids))), np.asarray(user_ids), np.asarray(item_ids)).item_index
+
+    def distinct_converters(rows: pd.DataFrame) -> np.ndarray:
+        counts = rows.groupby("item_id")["user_id"].nunique()
+        out = np.zeros(len(item_ids), dtype=np.float32)
+        pos = item_pos(counts.index.to_numpy(dtype=str))
+        keep = pos >= 0
+        out[pos[keep]] = counts.to_numpy(dtype=np.float32)[keep]
+        return out
+
+    converters = distinct_converters(conv)
+    last7 = distinct_converters(conv[conv["age"] < 7])
+    prev7 = distinct_converters(conv[(conv["age"] >= 7) & (conv["age"] < 14)])
+
+    conv_days = conv.assign(one=1.0).drop_duplicates(["user_id", "item_id", "age"])
+    days_count = Interactions.from_frame(conv_days, "one", user_ids, item_ids).matrix
+    repeaters = days_count.copy()
+    repeaters.data = (repeaters.data >= 2).astype(np.float32)
+    n_rep = np.asarray(repeaters.sum(axis=0)).ravel()
+    n_buy = np.asarray((days_count > 0).sum(axis=0)).ravel()
+    item_repeat_rate = ((n_rep + 0.1) / (n_buy + 1.0)).astype(np.float32)
+    user_active = conv.drop_duplicates(["user_id", "age"]).assign(one=1.0)
+    user_days = np.zeros(len(user_ids), dtype=np.float32)
+    upos = Interactions(sp.csr_matrix((len(user_ids), 0)), np.asarray(user_ids), np.asarray(item_ids)).user_index
+    counts = user_active.groupby("user_id")["one"].sum()
+    pos = upos(counts.index.to_numpy(dtype=str))
+    user_days[pos[pos >= 0]] = counts.to_numpy(dtype=np.float32)[pos >= 0]
+
+    binary = recency.copy()
+    binary.data[:] = 1.0
+    neighbours = item_neighbours(binary, n_neighbours)
+    return SourceArrays(recency=recency.astype(np.float32), converters=converters, converters_7d=last7,
+                        converters_prev_7d=prev7, neighbours=neighbours, days_count=days_count.astype(np.float32),
+                        item_repeat_rate=item_repeat_rate, user_days=user_days)
+
+
+def item_neighbours(binary: sp.csr_matrix, k: int) -> sp.csr_matrix:
+    """Top-``k`` cosine neighbours per item (diagonal excluded) of a binary user x item matrix, CSR float32."""
+    n_items = binary.shape[1]
+    if n_items == 0:
+        return sp.csr_matrix((0, 0), dtype=np.float32)
+    x = binary.tocsc().astype(np.float32)
+    norms = np.sqrt(np.asarray(x.multiply(x).sum(axis=0)).ravel())
+    norms[norms == 0] = 1.0
+    xn = x @ sp.diags(1.0 / norms)
+    sim = (xn.T @ xn).tocsr()
+    sim.setdiag(0)
+    sim.eliminate_zeros()
+    rows, cols, vals = [], [], []
+    for i in range(n_items):
+        start, end = sim.indptr[i], sim.indptr[i + 1]
+        if end == start:
+            continue
+        idx, data = sim.indices[start:end], sim.data[start:end]
+        if len(data) > k:
+            best = np.argpartition(-data, k - 1)[:k]
+            idx, data = idx[best], data[best]
+        rows.append(np.full(len(idx), i, dtype=np.int64))
+        cols.append(idx)
+        vals.append(data)
+    if not rows:
+        return sp.csr_matrix((n_items, n_items), dtype=np.float32)
+    out = sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n_items, n_items))
+    out.sort_indices()
+    return out.astype(np.float32)
+
+
+def rank_of(scores: np.ndarray) -> np.ndarray:
+    """0-based rank of each column in its row (0 = highest score; ties by column), int64."""
+    order = np.argsort(-scores, axis=1, kind="stable")
+    ranks = np.empty_like(order)
+    np.put_along_axis(ranks, order, np.arange(scores.shape[1])[None, :].repeat(scores.shape[0], axis=0), axis=1)
+    return ranks
+
+
+def candidate_mask(source_ranks: list[np.ndarray], seen: np.ndarray, n_per_source: int) -> np.ndarray:
+    """Boolean ``(n_rows, n_items)``: in the top ``n_per_source`` of any source, or already interacted with."""
+    mask = seen.copy()
+    for ranks in source_ranks:
+        mask |= ranks < n_per_source
+    return mask
+
+
+def window_days(as_of: date, days: int) -> tuple[date, date]:
+    """Inclusive day range of the ``days`` days ending on ``as_of``."""
+    return as_of - timedelta(days=days - 1), as_of

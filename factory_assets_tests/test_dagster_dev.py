@@ -1,0 +1,167 @@
+"""``dagster dev`` on an empty home runs the factory by itself: automation launches the runs, the served model
+appears, and its freshness policy reports a status -- all checked through the GraphQL API.
+
+The test starts ``dagster dev`` on 127.0.0.1 (a free port) in its own process session with a temporary
+FACTORY_HOME / DAGSTER_HOME (seeded with the project's dagster.yaml, as ``factory dev`` does), and stops it,
+and only it (its process group), at the end.  To stay short it uses the smallest window the factory allows
+(15 days) and a partitions definition that starts 15 days ago, so the catch-up is one window of days; the
+automation sensor and the freshness daemon evaluate every 5 s instead of 30 s.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from factory_assets.automation import AUTOMATION_RUN_TAGS, AUTOMATION_SENSOR
+from factory_assets.settings import PROJECT_DAGSTER_YAML
+from factory_assets_tests.helpers import REPO_ROOT
+
+WINDOW_DAYS = 15
+# About 80 s on an idle 2-core machine (15 catch-up runs, then the window/drift run and the candidate run);
+# the deadline leaves room for a loaded machine, and the test stops as soon as the served model is fresh.
+DEADLINE_S = 240
+
+QUERY = """
+query Factory($sensor: SensorSelector!) {
+  runsOrError(filter: {tags: [{key: "dagster/from_automation_condition", value: "true"}]}) {
+    ... on Runs { results { runId status tags { key value } assetSelection { path } } }
+  }
+  assetNodes(assetKeys: [{path: ["served_model"]}]) {
+    freshnessStatusInfo { freshnessStatus }
+    assetMaterializations(limit: 1) { partition runId }
+  }
+  sensorOrError(sensorSelector: $sensor) {
+    ... on Sensor { sensorState { status ticks(limit: 200) { status runIds } } }
+  }
+}
+"""
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _graphql(port: int, variables: dict) -> dict | None:
+    body = json.dumps({"query": QUERY, "variables": variables}).encode()
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/graphql", data=body, headers={"Content-Type": "application/json"}, method="POST"
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return json.loads(response.read())["data"]
+    except (urllib.error.URLError, OSError, KeyError, ValueError):
+        return None  # not up yet
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """SIGINT to dagster dev (it shuts its webserver and daemon down), then SIGKILL whatever is left of
+    the process group it leads (only processes this test started are in it)."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait(timeout=10)
+
+
+def _reset_sigint() -> None:  # in the child, before exec: a shell may have started us with SIGINT ignored
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(DEADLINE_S + 60)
+def test_dagster_dev_on_an_empty_home_reaches_a_served_model_by_itself(tmp_path):
+    dagster_home = tmp_path / "dagster"
+    dagster_home.mkdir()
+    shutil.copyfile(PROJECT_DAGSTER_YAML, dagster_home / "dagster.yaml")
+    today = datetime.now(timezone.utc).date()
+    env = {
+        **os.environ,
+        "FACTORY_HOME": str(tmp_path / "home"),
+        "DAGSTER_HOME": str(dagster_home),
+        "FACTORY_SOURCE": "simulator",
+        "FACTORY_WINDOW_DAYS": str(WINDOW_DAYS),
+        "FACTORY_PARTITION_START": (today - timedelta(days=WINDOW_DAYS)).isoformat(),
+        "FACTORY_AUTOMATION_INTERVAL_S": "5",
+        "FRESHNESS_DAEMON_INTERVAL_SECONDS": "5",
+        "FACTORY_ALERT_WEBHOOK_URL": "",
+        "OPENBLAS_NUM_THREADS": "1",
+    }
+    port = _free_port()
+    variables = {"sensor": {"repositoryLocationName": "factory_assets", "repositoryName": "__repository__", "sensorName": AUTOMATION_SENSOR}}
+    started = time.monotonic()
+    with open(tmp_path / "dagster-dev.log", "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "dagster", "dev", "-h", "127.0.0.1", "-p", str(port)],
+            cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            preexec_fn=_reset_sigint,
+        )
+        data, freshness, served, first_freshness = None, None, None, None
+        try:
+            while time.monotonic() - started < DEADLINE_S:
+                assert proc.poll() is None, "dagster dev exited"
+                data = _graphql(port, variables)
+                if data:
+                    (node,) = data["assetNodes"]
+                    freshness = (node["freshnessStatusInfo"] or {}).get("freshnessStatus")
+                    first_freshness = first_freshness or freshness
+                    served = node["assetMaterializations"][0] if node["assetMaterializations"] else None
+                    if served and freshness == "HEALTHY":
+                        break
+                time.sleep(2)
+            elapsed = time.monotonic() - started
+        finally:
+            _stop(proc)
+    log_tail = (tmp_path / "dagster-dev.log").read_text(errors="replace")[-3000:]
+    assert data is not None, f"the GraphQL API never answered:\n{log_tail}"
+
+    # the sensor runs by default (nobody clicked anything) and ticked
+    state = data["sensorOrError"]["sensorState"]
+    assert state["status"] == "RUNNING"
+    ticks = state["ticks"]
+    assert sum(1 for t in ticks if t["runIds"]) >= 3, ticks
+
+    # automation launched every run, each succeeded, and no asset partition was run twice
+    runs = data["runsOrError"]["results"]
+    assert runs, f"no automation runs:\n{log_tail}"
+    assert all(r["status"] == "SUCCESS" for r in runs), [(r["runId"], r["status"]) for r in runs]
+    for run in runs:
+        tags = {t["key"]: t["value"] for t in run["tags"]}
+        assert tags["dagster/sensor_name"] == AUTOMATION_SENSOR
+        assert all(tags[k] == v for k, v in AUTOMATION_RUN_TAGS.items())
+    planned = Counter(
+        ("/".join(a["path"]), {t["key"]: t["value"] for t in r["tags"]}["dagster/partition"])
+        for r in runs for a in r["assetSelection"]
+    )
+    assert max(planned.values()) == 1, [k for k, n in planned.items() if n > 1]
+    assert len({p for _, p in planned}) == WINDOW_DAYS  # the catch-up: exactly one window of days
+
+    # the served model's freshness policy reports a status (before the model exists too), ...
+    assert first_freshness is not None and freshness is not None
+    # ... and the served model for the last complete day appears, fresh
+    assert served is not None, f"no served model after {elapsed:.0f} s:\n{log_tail}"
+    assert served["partition"] == (today - timedelta(days=1)).isoformat()
+    assert served["runId"] in {r["runId"] for r in runs}
+    assert freshness == "HEALTHY", f"served_model freshness {freshness!r} after {elapsed:.0f} s"
+    print(f"\ndagster dev: served model after {elapsed:.0f} s, {len(runs)} automation runs, "
+          f"{len(ticks)} sensor ticks ({sum(1 for t in ticks if t['runIds'])} with runs), freshness {first_freshness} -> {freshness}")
