@@ -12,13 +12,15 @@ from factory_assets.resources import FactoryResource
 from factory_assets.warehouse import RAW_EVENTS
 
 
-def _build(context: AssetExecutionContext, factory: FactoryResource, view: str) -> MaterializeResult:
+def _build_view(context: AssetExecutionContext, factory: FactoryResource, view: str) -> MaterializeResult:
+    """(Re)build one day of a feature view; derived views also report the input days they found missing."""
     day = partition_day(context)
     with factory.warehouse() as con:
-        version, rows = store.build_partition(con, view, day)
+        version, rows = views.build_view_partition(con, view, day)
+        missing = views.missing_inputs(con, view, day)
     return MaterializeResult(
         data_version=DataVersion(version),
-        metadata={"dagster/row_count": rows, "data_version": version, "feature_code_version": store.FEATURE_CODE_VERSION},
+        metadata={"dagster/row_count": rows, "data_version": version, "missing_inputs": [d.isoformat() for d in missing]},
     )
 
 
@@ -33,7 +35,7 @@ def _build(context: AssetExecutionContext, factory: FactoryResource, view: str) 
     description="Feature view (entity user x item, day): counts by event type, conversions, weighted strength.",
 )
 def user_item_daily(context: AssetExecutionContext, factory: FactoryResource) -> MaterializeResult:
-    return _build(context, factory, store.USER_ITEM_DAILY)
+    return _build_view(context, factory, store.USER_ITEM_DAILY)
 
 
 @asset(
@@ -47,18 +49,7 @@ def user_item_daily(context: AssetExecutionContext, factory: FactoryResource) ->
     description="Feature view (entity item, day): popularity as distinct users, converters and events.",
 )
 def item_daily(context: AssetExecutionContext, factory: FactoryResource) -> MaterializeResult:
-    return _build(context, factory, store.ITEM_DAILY)
-
-
-def _build_view(context: AssetExecutionContext, factory: FactoryResource, view: str) -> MaterializeResult:
-    day = partition_day(context)
-    with factory.warehouse() as con:
-        version, rows = views.build_view_partition(con, view, day)
-        missing = views.missing_inputs(con, view, day)
-    return MaterializeResult(
-        data_version=DataVersion(version),
-        metadata={"dagster/row_count": rows, "data_version": version, "missing_inputs": [d.isoformat() for d in missing]},
-    )
+    return _build_view(context, factory, store.ITEM_DAILY)
 
 
 @asset(
