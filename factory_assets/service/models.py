@@ -108,8 +108,14 @@ class LoadedModel:
         return self._user_index.get(user_id, -1)
 
     def scores(self, rows: np.ndarray) -> np.ndarray:
-        """Exactly :meth:`BlendModel.scores` (float64 ``(len(rows), n_items)``), from precomputed arrays."""
+        """Exactly :meth:`BlendModel.scores` (float64 ``(len(rows), n_items)``), from precomputed arrays.
+
+        A learned-ranker model is scored by :meth:`BlendModel.scores` itself: the service must rank exactly as
+        the model that was evaluated and promoted.
+        """
         rows = np.asarray(rows, dtype=np.int64)
+        if self.model.ranker is not None:
+            return self.model.scores(rows)
         out = np.tile(self._pop_term, (len(rows), 1))
         known = np.flatnonzero(rows >= 0)
         if len(known):
