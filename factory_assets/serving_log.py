@@ -57,9 +57,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
-import os
 import re
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timezone
@@ -68,6 +66,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from factory_assets.recsys.artefact import atomic_write_bytes
 from factory_assets.recsys.metrics import ranking_metrics, top_k
 from factory_assets.recsys.model import BlendModel
 
@@ -245,17 +244,7 @@ def write_log_file(rows: pd.DataFrame, directory: Path) -> Path:
         return path
     buffer = io.BytesIO()
     clean.to_parquet(buffer, index=False, engine="pyarrow")
-    directory.mkdir(parents=True, exist_ok=True)
-    tmp = directory / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
-    try:
-        with open(tmp, "wb") as handle:
-            handle.write(buffer.getvalue())
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, buffer.getvalue())
     return path
 
 

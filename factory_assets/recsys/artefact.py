@@ -11,6 +11,7 @@ import hashlib
 import io
 import json
 import os
+import uuid
 import zipfile
 from pathlib import Path
 
@@ -39,7 +40,7 @@ def sha256_file(path: str | Path) -> str:
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` via a temporary file and ``os.replace``: readers see old or new, never half."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")  # unique per writer and thread
     try:
         with open(tmp, "wb") as handle:
             handle.write(data)

@@ -64,6 +64,7 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from factory_assets import serving_log
+from factory_assets.recsys.artefact import atomic_write_bytes
 from factory_assets.registry import registry
 from factory_assets.service.models import (
     ItemFilter,
@@ -227,18 +228,10 @@ def write_impressions(columns: dict, landing_dir: Path) -> Path:
     first = frame["ts"].min()
     name = f"impressions_{first:%Y%m%dT%H%M%S%f}_{uuid.uuid4().hex[:12]}.parquet"
     landing_dir.mkdir(parents=True, exist_ok=True)
-    part, final = landing_dir / f".{name}.part", landing_dir / name
+    final = landing_dir / name
     buffer = io.BytesIO()
     frame.to_parquet(buffer, index=False, engine="pyarrow")
-    try:
-        with open(part, "wb") as handle:
-            handle.write(buffer.getvalue())
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(part, final)
-    except BaseException:
-        part.unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(final, buffer.getvalue())  # a hidden .tmp first: the folder source never reads half a file
     return final
 
 

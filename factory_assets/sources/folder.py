@@ -76,8 +76,9 @@ import pyarrow.parquet as pq
 from factory_assets.sources.base import DayBatch, EventSource, FileIngest, PermanentSourceError, TransientSourceError
 from factory_assets.sources.schema import (
     EVENT_COLUMNS,
-    QUARANTINE_COLUMNS,
     empty_events,
+    concat_quarantine,
+    day_slices,
     empty_quarantine,
     quarantine_rows,
     validate_events,
@@ -174,7 +175,7 @@ class FolderSource(EventSource):
             )
         else:
             events, quarantined, files = empty_events(), empty_quarantine(), ()
-        undated_frame = _concat_quarantine(undated).sort_values(["source_file", "source_line"], kind="stable")
+        undated_frame = concat_quarantine(undated).sort_values(["source_file", "source_line"], kind="stable")
         undated_frame = undated_frame.reset_index(drop=True)
         return DayBatch(events=events, quarantined=quarantined, undated=undated_frame, files=files)
 
@@ -378,9 +379,9 @@ def _parse_bytes(name: str, data: bytes) -> _ParsedFile:
     day = us[ok] // _DAY_US
     order = np.argsort(day, kind="stable")
     candidates = candidates.iloc[order].loc[:, [*EVENT_COLUMNS, *SOURCE_COLUMNS]].reset_index(drop=True)
-    undated_frame = _concat_quarantine(undated)
+    undated_frame = concat_quarantine(undated)
     undated_frame = undated_frame.sort_values("source_line", kind="stable").reset_index(drop=True)
-    return _ParsedFile(name, sha, len(data), data_rows, candidates, _slices(day[order]), undated_frame)
+    return _ParsedFile(name, sha, len(data), data_rows, candidates, day_slices(day[order]), undated_frame)
 
 
 def _nothing(name: str, sha: str | None, size: int) -> _ParsedFile:
@@ -587,19 +588,3 @@ def _raw_text(value: object) -> str | None:
 
 
 # ---------------------------------------------------------------------------------------------------------
-
-
-def _slices(day_numbers: np.ndarray) -> dict[int, tuple[int, int]]:
-    if len(day_numbers) == 0:
-        return {}
-    uniq, starts = np.unique(day_numbers, return_index=True)
-    ends = np.append(starts[1:], len(day_numbers))
-    return {int(d): (int(s), int(e)) for d, s, e in zip(uniq, starts, ends)}
-
-
-def _concat_quarantine(frames: list[pd.DataFrame]) -> pd.DataFrame:
-    frames = [f for f in frames if len(f)]
-    if not frames:
-        return empty_quarantine()
-    out = pd.concat(frames, ignore_index=True).loc[:, list(QUARANTINE_COLUMNS)]
-    return out.astype({"source_line": "Int64"})

@@ -70,6 +70,8 @@ from factory_assets.sources.base import DayBatch, EventSource, PermanentSourceEr
 from factory_assets.sources.schema import (
     EVENT_COLUMNS,
     QUARANTINE_COLUMNS,
+    concat_quarantine,
+    day_slices,
     empty_quarantine,
     quarantine_rows,
     validate_events,
@@ -229,12 +231,12 @@ class _Parsed:
         events, invalid = _validate(self.candidates.iloc[a:b], day)
         qa, qb = self.q_slices.get(n, (0, 0))
         rejected = _quarantine_of(self.rejected.iloc[qa:qb])
-        return DayBatch(events=events, quarantined=_concat_quarantine([rejected, invalid]))
+        return DayBatch(events=events, quarantined=concat_quarantine([rejected, invalid]))
 
     def fetch_all(self) -> DayBatch:
         events, invalid = _validate(self.candidates, None)
         rejected = _quarantine_of(self.rejected)
-        return DayBatch(events=events, quarantined=_concat_quarantine([rejected, self.undated, invalid]))
+        return DayBatch(events=events, quarantined=concat_quarantine([rejected, self.undated, invalid]))
 
     def days(self) -> list[date]:
         numbers = sorted(set(self.cand_slices) | set(self.q_slices))
@@ -305,9 +307,9 @@ def _parse(files: list[Path], multi: bool) -> _Parsed:
     rejected = dated[~is_candidate].reset_index(drop=True)  # turned into quarantine rows per fetched day
     return _Parsed(
         candidates=candidates,
-        cand_slices=_slices(cand["_day"].to_numpy()),
+        cand_slices=day_slices(cand["_day"].to_numpy()),
         rejected=rejected,
-        q_slices=_slices(rejected["_day"].to_numpy()),
+        q_slices=day_slices(rejected["_day"].to_numpy()),
         undated=undated,
         rows_read=rows_read,
     )
@@ -327,20 +329,6 @@ def _quarantine_of(rows: pd.DataFrame) -> pd.DataFrame:
     return out.loc[:, list(QUARANTINE_COLUMNS)]
 
 
-def _slices(day_numbers: np.ndarray) -> dict[int, tuple[int, int]]:
-    if len(day_numbers) == 0:
-        return {}
-    uniq, starts = np.unique(day_numbers, return_index=True)
-    ends = np.append(starts[1:], len(day_numbers))
-    return {int(d): (int(s), int(e)) for d, s, e in zip(uniq, starts, ends)}
-
-
-def _concat_quarantine(frames: list[pd.DataFrame]) -> pd.DataFrame:
-    frames = [f for f in frames if len(f)]
-    if not frames:
-        return empty_quarantine()
-    out = pd.concat(frames, ignore_index=True).loc[:, list(QUARANTINE_COLUMNS)]
-    return out.astype({"source_line": "Int64"})
 
 
 # ---------------------------------------------------------------------------------------------------------

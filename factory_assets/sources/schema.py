@@ -204,3 +204,21 @@ def _parse_utc(values: pd.Series) -> pd.Series:
 
 
 _OFFSET = re.compile(r"[Tt ]\d[\d:.,]*\s*(?:[Zz]|[+-]\d{2}(?::?\d{2})?)\s*$")  # a time followed by a UTC offset
+
+
+def concat_quarantine(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    """Concatenate quarantine frames (empty ones skipped) into :data:`QUARANTINE_COLUMNS` order."""
+    frames = [f for f in frames if len(f)]
+    if not frames:
+        return empty_quarantine()
+    out = pd.concat(frames, ignore_index=True).loc[:, list(QUARANTINE_COLUMNS)]
+    return out.astype({"source_line": "Int64"})
+
+
+def day_slices(day_numbers: np.ndarray) -> dict[int, tuple[int, int]]:
+    """``{day number: (start, end)}`` row ranges of a SORTED array of day numbers (half-open ranges)."""
+    if len(day_numbers) == 0:
+        return {}
+    uniq, starts = np.unique(day_numbers, return_index=True)
+    ends = np.append(starts[1:], len(day_numbers))
+    return {int(d): (int(s), int(e)) for d, s, e in zip(uniq, starts, ends)}

@@ -161,7 +161,7 @@ def test_impressions_land_atomically_and_the_folder_source_reads_them(home, make
         body = client.get(f"/recommendations/{user}", params={"k": 3}).json()
         shown[user] = [x["item_id"] for x in body["items"]]
     client.app.state.service.writer.flush()
-    assert not [p for p in landing.iterdir() if p.name.endswith(".part")]
+    assert not [p for p in landing.iterdir() if p.name.endswith((".part", ".tmp"))]
     assert len(landed_files(landing)) == 1
     clear_cache()
     batch = FolderSource(landing, clock=lambda: datetime(2024, 11, 6, tzinfo=timezone.utc)).fetch_day(DAY)
