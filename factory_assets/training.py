@@ -7,7 +7,8 @@ Steps (no test day is ever used for fitting or tuning):
    trained and searched on slices of the train days (features before labels in each), the blend's ALS
    weight on an inner split; a ranker with no labelled slice falls back to the blend;
 3. fit the evaluation model on the train days and score it, both baselines and the plain-ALS reference on
-   the same users (see ``recsys.evaluation``);
+   the same users (see ``recsys.evaluation``), with the beyond-accuracy report of the candidate's and the
+   baselines' lists (concentration, repeat vs new items, activity segments: ``recsys.report``);
 4. refit on the whole window with the same parameters and seed: the served artefact knows the latest days.
 """
 
@@ -16,11 +17,14 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, replace
 from datetime import date, timedelta
+from functools import cached_property
 
 import numpy as np
 import pandas as pd
 
+from factory_assets.recsys import baselines as baseline_scores
 from factory_assets.recsys.evaluation import (
+    K,
     EvalSet,
     TemporalSplit,
     Tuning,
@@ -31,8 +35,11 @@ from factory_assets.recsys.evaluation import (
     temporal_split,
     tune_als_weight,
 )
-from factory_assets.recsys.metrics import RankingReport
+from factory_assets.recsys.metrics import RankingReport, top_k
 from factory_assets.recsys.model import BlendModel, ModelParams, fit_model
+from factory_assets.recsys.report import candidate_report
+
+CANDIDATE = "candidate"  # the candidate's name in the list report and its segment table
 
 
 @dataclass(frozen=True)
@@ -47,8 +54,27 @@ class CandidateResult:
     references: dict[str, RankingReport]
     cold_start: RankingReport | None = None
 
+    @cached_property
+    def list_report(self) -> dict:
+        """``recsys.report.candidate_report`` of the eval model (as ``"candidate"``) and both baselines on the
+        evaluated users, from the current ``eval_model`` (computed on first use, then kept)."""
+        ev, train = self.eval_set, self.split.train
+        tops = {
+            CANDIDATE: top_k(model_scores(self.eval_model, ev), K),
+            "popularity": top_k(baseline_scores.popularity_scores(train, ev.user_ids, ev.catalogue), K),
+            "repeat": top_k(baseline_scores.repeat_scores(train, ev.user_ids, ev.catalogue), K),
+        }
+        return candidate_report(tops, ev, train, K)
+
     def evaluation(self) -> dict:
-        """The JSON summary: ``model``, ``baselines`` (exactly popularity and repeat), ``references``."""
+        """The JSON summary: ``model``, ``baselines`` (exactly popularity and repeat), ``references``, ``segments``.
+
+        ``model`` and each baseline also carry ``gini_at_10``, ``repeat_share_at_10``, ``new_share_at_10`` and
+        ``repeat_hit_share_at_10`` (``recsys.report``); ``segments`` is the activity-segment table
+        (``recsys.report.segment_table``: candidate, popularity and repeat per segment).
+        """
+        n_cold = 0 if self.cold_start is None else self.cold_start.n_users
+        quality = self.list_report["quality"]
         extra = {
             "train_days": [d.isoformat() for d in self.split.train_days],
             "test_days": [d.isoformat() for d in self.split.test_days],
@@ -56,13 +82,19 @@ class CandidateResult:
             "model_kind": "ranker" if self.eval_model.ranker is not None else "blend",
             # cold-start users: converted in the test days on catalogue items, no training row at all; they are
             # not in the protocol's evaluated users and get the fallback (recency-weighted popularity)
-            "cold_start_users": 0 if self.cold_start is None else self.cold_start.n_users,
+            "cold_start_users": n_cold,
             "cold_start_ndcg_at_10": None if self.cold_start is None else round(self.cold_start.ndcg, 6),
+            # cold-start users / (evaluated users + cold-start users): the share of test-day converters the
+            # model meets with no history (evaluated users need a training conversion, so the rest, users with
+            # training rows but no training conversion, are in neither count)
+            "cold_start_share": round(n_cold / (self.model_report.n_users + n_cold), 6)
+            if self.model_report.n_users + n_cold else 0.0,
         }
         return {
-            "model": self.model_report.as_dict() | extra,
-            "baselines": {name: report.as_dict() for name, report in self.baselines.items()},
+            "model": self.model_report.as_dict() | quality[CANDIDATE] | extra,
+            "baselines": {name: report.as_dict() | quality.get(name, {}) for name, report in self.baselines.items()},
             "references": {name: report.as_dict() for name, report in self.references.items()},
+            "segments": self.list_report["segments"],
         }
 
 

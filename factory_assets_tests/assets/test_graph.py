@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from dataclasses import replace
+from pathlib import Path
 from datetime import date, timedelta
 
 import duckdb
@@ -83,6 +85,16 @@ def test_rolling_window_maps_and_loads_exactly_28_days(home_copy):
     assert manifest["artefacts"]["served"]["trained_on"] == [min(upstream), max(upstream)]
     assert manifest["evaluation"]["model"]["train_days"] == [min(upstream), (day - timedelta(days=7)).isoformat()]
     assert manifest["evaluation"]["model"]["test_days"] == [(day - timedelta(days=6)).isoformat(), day.isoformat()]
+    # the evaluation report in the UI: numbers, the segment table and the plot, embedded and next to the manifest
+    [mat] = [e.materialization for e in result.get_asset_materialization_events() if e.asset_key == AssetKey("candidate_model")]
+    plot = Path(mat.metadata["evaluation_plot"].value)
+    assert plot == home_copy / "simulator" / "artefacts" / "reports" / f"{row['manifest_sha256']}.png"
+    assert plot.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+    report_md = mat.metadata["evaluation_report"].value
+    assert f"(data:image/png;base64,{base64.b64encode(plot.read_bytes()).decode()})" in report_md
+    assert "| 30+ |" in report_md and "| baseline: repeat |" in report_md
+    assert mat.metadata["activity_segments"].value == manifest["evaluation"]["segments"]
+    assert mat.metadata["gini_at_10"].value == manifest["evaluation"]["model"]["gini_at_10"]
 
 
 def test_missing_day_blocks_training_and_nothing_is_served(home_copy):
