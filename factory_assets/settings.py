@@ -10,6 +10,8 @@ Environment variables (all optional):
                            1996-03-29, Online Retail II 2009-12-01)
 ``FACTORY_WINDOW_DAYS``    rolling training window in days (default: the source's own setting)
 ``DAGSTER_HOME``           the Dagster instance (default ``$FACTORY_HOME/dagster``)
+``FACTORY_EXECUTOR``       ``in_process`` (default), ``multiprocess``, ``celery`` or ``k8s``
+                           (see :mod:`factory_assets.executors`; read when definitions load)
 =========================  ===================================================================
 
 Layout under the home, namespaced per source because partition keys do not say which source a day
@@ -60,6 +62,22 @@ def source_name() -> str:
 def source_path() -> str:
     """``FACTORY_SOURCE_PATH`` or the empty string (the simulator needs none)."""
     return os.environ.get("FACTORY_SOURCE_PATH", "")
+
+
+EXECUTOR_NAMES: tuple[str, ...] = ("in_process", "multiprocess", "celery", "k8s")
+DEFAULT_EXECUTOR = "in_process"
+
+
+def executor_name() -> str:
+    """The code location's executor, from ``FACTORY_EXECUTOR`` (default ``in_process``).
+
+    Raises:
+        ValueError: for an unknown name (the message lists the known ones).
+    """
+    name = os.environ.get("FACTORY_EXECUTOR", DEFAULT_EXECUTOR).strip() or DEFAULT_EXECUTOR
+    if name not in EXECUTOR_NAMES:
+        raise ValueError(f"FACTORY_EXECUTOR={name!r} is not one of {', '.join(EXECUTOR_NAMES)}")
+    return name
 
 
 def partition_start() -> str:
