@@ -78,6 +78,7 @@ from dagster import (
     apply_freshness_policy,
 )
 
+from factory_assets.assets.demo import ADAPTATION_DEMO
 from factory_assets.assets.models import CANDIDATE_MODEL, TRAINING_WINDOW
 from factory_assets.assets.monitoring import BEHAVIOUR_DRIFT
 from factory_assets.assets.partitions import WINDOW_DAYS
@@ -194,11 +195,18 @@ CONDITIONS: Mapping[str, AutomationCondition] = {
 DAILY_FRESHNESS = FreshnessPolicy.time_window(fail_window=timedelta(hours=48), warn_window=timedelta(hours=26))
 SERVED_FRESHNESS = FreshnessPolicy.cron(deadline_cron="0 3 * * *", lower_bound_delta=timedelta(hours=3), timezone="UTC")
 FRESHNESS: Mapping[str, FreshnessPolicy] = {SERVED_MODEL: SERVED_FRESHNESS}
+EXTERNAL = frozenset({ADAPTATION_DEMO})
 
 
 def automate(spec: AssetSpec) -> AssetSpec:
-    """The central policy: one automation condition and one freshness policy on every asset spec."""
+    """The central policy: one automation condition and one freshness policy on every asset spec.
+
+    External assets (:data:`EXTERNAL`, reported from outside a run, e.g. ``adaptation_demo``) are left alone:
+    Dagster never executes them, so there is nothing to automate or to hold to a freshness deadline.
+    """
     name = spec.key.to_user_string()
+    if name in EXTERNAL:
+        return spec
     condition = CONDITIONS.get(name) or spec.automation_condition or DAILY_EAGER
     policy = FRESHNESS.get(name) or spec.freshness_policy or DAILY_FRESHNESS
     return apply_freshness_policy(spec.replace_attributes(automation_condition=condition), policy)

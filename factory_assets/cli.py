@@ -4,6 +4,7 @@
     factory dev [dagster dev options...]
     factory serve [--host 127.0.0.1] [--port 8000]   (factory_assets.service: HTTP recommendations of the champion)
     factory models list | show VERSION | diff A B | rollback [--to VERSION] --reason TEXT   (factory_assets.registry.cli)
+    factory demo [--json] [--strengths A,B,C] [--model-kind blend|ranker] [--home H]   (factory_assets.demo)
 
 ``factory run`` materialises every raw and feature partition of the range (one ``daily_ingest`` run per
 day), then trains, gates and (if the gates pass) promotes one candidate per day for the last 7 days of the
@@ -15,7 +16,8 @@ With ``--json`` standard output is exactly one JSON document (logs go to standar
 
     {"source", "warehouse", "dagster_home", "range": {"start", "end"},
      "served_model": {"version", "sha256", "path"} | null,
-     "evaluation": {"model": {...}, "baselines": {"popularity": {...}, "repeat": {...}}, "references": {...}},
+     "evaluation": {"model": {...}, "baselines": {"popularity": {...}, "repeat": {...}}, "references": {...},
+                    "segments": [...]},
      "checks": [{"name", "passed", "reason"}],
      "partitions": ["YYYY-MM-DD", ...], "trained": [{"partition", "version", "status", "reason"}],
      "registry": {"versions", "promotions"}, "runs": [{"job", "partition", "run_id", "success"}],
@@ -65,8 +67,13 @@ def _check_range(start: date, end: date, first: date, last: date, window_days: i
         )
 
 
-def run(args: argparse.Namespace) -> dict:
-    """Execute the range and return the summary (see the module docstring)."""
+def run(args: argparse.Namespace, simulator: dict | None = None, candidate: dict | None = None) -> dict:
+    """Execute the range and return the summary (see the module docstring).
+
+    ``simulator`` (``SimulatorOptions`` fields, e.g. ``{"shift_strength": 3.0}``) and ``candidate``
+    (``CandidateConfig`` fields, e.g. ``{"model_kind": "blend"}``) travel as run config too; ``factory demo``
+    uses them.
+    """
     started = time.perf_counter()
     source = args.source or settings.source_name()
     if source not in settings.SOURCE_NAMES:
@@ -96,14 +103,19 @@ def run(args: argparse.Namespace) -> dict:
     from factory_assets.definitions import INGEST_JOB, TRAINING_JOB, defs
     from factory_assets.features import store
     from factory_assets.registry import registry
-    from factory_assets.resources import FactoryResource
+    from factory_assets.resources import FactoryResource, SimulatorOptions
 
     first = date.fromisoformat(DAILY.get_first_partition_key())
     last = date.fromisoformat(DAILY.get_last_partition_key())
     _check_range(start, end, first, last, WINDOW_DAYS)
 
-    run_config = {"resources": {"factory": {"config": {"home": str(home), "source": source, "source_path": path or ""}}}}
-    factory = FactoryResource(home=str(home), source=source, source_path=path or "")
+    factory_config = {"home": str(home), "source": source, "source_path": path or ""}
+    if simulator:
+        factory_config["simulator"] = dict(simulator)
+    run_config = {"resources": {"factory": {"config": factory_config}}}
+    training_config = {**run_config, "ops": {"candidate_model": {"config": dict(candidate)}}} if candidate else run_config
+    factory = FactoryResource(home=str(home), source=source, source_path=path or "",
+                              simulator=SimulatorOptions(**(simulator or {})))
     instance = DagsterInstance.get()
     days = [start + timedelta(days=i) for i in range((end - start).days + 1)]
     first_trainable = start + timedelta(days=WINDOW_DAYS - 1)
@@ -115,7 +127,7 @@ def run(args: argparse.Namespace) -> dict:
 
     def execute(job_name: str, day: date) -> bool:
         result = defs.resolve_job_def(job_name).execute_in_process(
-            run_config=run_config, instance=instance, partition_key=day.isoformat(), raise_on_error=False,
+            run_config=training_config if job_name == TRAINING_JOB else run_config, instance=instance, partition_key=day.isoformat(), raise_on_error=False,
             tags={"factory/cli": "run"},
         )
         runs.append({"job": job_name, "partition": day.isoformat(), "run_id": result.run_id, "success": result.success})
@@ -179,6 +191,50 @@ def _print_human(summary: dict) -> None:
     print(f"  Dagster UI: ./dev ui   (DAGSTER_HOME={summary['dagster_home']})", file=out)
 
 
+def _strengths(text: str | None) -> list[float]:
+    from factory_assets.demo import DEFAULT_STRENGTH
+
+    if not text:
+        return [DEFAULT_STRENGTH]
+    try:
+        values = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise SystemExit(f"factory: --strengths {text!r} is not a comma-separated list of numbers") from None
+    if not values or any(not 0 <= v <= 10 for v in values):
+        raise SystemExit(f"factory: --strengths {text!r}: give one or more strengths in 0..10")
+    return values
+
+
+def demo(args: argparse.Namespace) -> int:
+    """``factory demo``: run the experiment per strength, report it to the UI, print JSON or a table."""
+    from factory_assets import demo as experiment
+
+    strengths = _strengths(args.strengths)
+    base = Path(args.home).expanduser().resolve() if args.home else settings.factory_home()
+    results = [experiment.run_strength(base, experiment.DemoConfig(strength=s, model_kind=args.model_kind)) for s in strengths]
+    from dagster import DagsterInstance
+
+    from factory_assets.assets.demo import report
+
+    settings.dagster_home(base)  # the main instance (``./dev ui``) shows the adaptation_demo asset
+    instance = DagsterInstance.get()
+    for result in results:
+        report(instance, result)
+    if args.json:
+        document = results[0] if len(results) == 1 else {"runs": results}
+        json.dump(document, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        for result in results:
+            s = result["summary"]
+            print(f"shift strength {result['shift_strength']:g} (shift {result['shift_date']}, {result['elapsed_s']} s): "
+                  f"factory/oracle hit-rate@10 on {s['first_day_after_shift']} = {s['factory_vs_oracle_first_day_after']} "
+                  f"(target >= 0.9); static/oracle after the shift <= {s['static_vs_oracle_max_after']} (target < 0.5); "
+                  f"mean factory/oracle before {s['factory_vs_oracle_mean_before_shift']}, after {s['factory_vs_oracle_mean_after']}; "
+                  f"{len(s['promotions'])} promotions; plot {result['outputs']['png']}")
+    return 0
+
+
 def dev(extra: list[str]) -> int:
     """Seed the instance under FACTORY_HOME and exec ``dagster dev`` on it."""
     settings.dagster_home()
@@ -197,6 +253,13 @@ def main(argv: list[str] | None = None) -> int:
     run_p.add_argument("--backtest", action="store_true", help="train a candidate for every day with a full window")
     run_p.add_argument("--home", help="FACTORY_HOME (default ./.factory_home)")
     run_p.add_argument("--json", action="store_true", help="print one JSON summary on stdout; logs on stderr")
+    demo_p = sub.add_parser("demo", help="the adaptation experiment: factory vs static model vs oracle under a shift")
+    demo_p.add_argument("--strengths", help="comma-separated shift strengths to sweep, e.g. 0.75,1.5,3 "
+                        "(default: the simulator's 1.5 only)")
+    demo_p.add_argument("--model-kind", default="blend", choices=("blend", "ranker"),
+                        help="candidate model (default blend: ~2 s a fit; the ranker takes ~40 s)")
+    demo_p.add_argument("--home", help="base FACTORY_HOME; each strength runs in <home>/demo/shift-<s> (default ./.factory_home)")
+    demo_p.add_argument("--json", action="store_true", help="print the JSON document on stdout; logs on stderr")
     dev_p = sub.add_parser("dev", help="dagster dev on the factory's instance (extra args are passed on)")
     dev_p.add_argument("extra", nargs=argparse.REMAINDER)
     from factory_assets.registry import cli as models_cli
@@ -213,6 +276,8 @@ def main(argv: list[str] | None = None) -> int:
         return models_cli.main(args)
     if args.command == "serve":
         return service_cli.main(args)
+    if args.command == "demo":
+        return demo(args)
     summary = run(args)
     if args.json:
         json.dump(summary, sys.stdout, indent=2, default=str)

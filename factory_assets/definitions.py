@@ -10,16 +10,18 @@ asset its automation condition and freshness policy (see :mod:`factory_assets.au
 with no clicks and no schedule.  ``MONITORING_ASSETS`` (``behaviour_drift``) reads the feature store and feeds
 the candidate's retrain condition.  Runs use the in-process executor: every step shares the single-slot
 ``warehouse`` pool, so a process per step would only add start-up time (about 2 s vs 7.5 s for 3 steps).
+``FACTORY_EXECUTOR`` swaps in Dagster's multiprocess, Celery or Kubernetes executor (``docs/scale-out.md``).
 ``SENSORS`` is the one list of the code location's sensors: add new ones to it here.
 """
 
 from __future__ import annotations
 
-from dagster import AssetSelection, Definitions, define_asset_job, in_process_executor
+from dagster import AssetSelection, Definitions, define_asset_job
 
-from factory_assets import automation
+from factory_assets import automation, executors
 from factory_assets.alerts import ALERT_SENSORS, AlertWebhook
 
+from factory_assets.assets.demo import adaptation_demo
 from factory_assets.assets.features import item_daily, item_features, online_features, user_features, user_item_daily
 from factory_assets.assets.models import candidate_model, training_window
 from factory_assets.assets.monitoring import behaviour_drift
@@ -34,14 +36,16 @@ from factory_assets.sensors import landed_files_sensor
 DATAOPS_ASSETS = [raw_events, user_item_daily, item_daily, user_features, item_features, online_features]
 MLOPS_ASSETS = [training_window, candidate_model, served_model, shadow_evaluation]
 MONITORING_ASSETS = [behaviour_drift]
+REPORT_ASSETS = [adaptation_demo]  # external: reported by `factory demo`, never executed by Dagster
 
 INGEST_JOB = "daily_ingest"
 TRAINING_JOB = "daily_training"
 
 daily_ingest = define_asset_job(
     INGEST_JOB,
-    selection=AssetSelection.assets(*DATAOPS_ASSETS),
-    description="One UTC day: raw events from the source, then the day's feature partitions.",
+    selection=AssetSelection.assets(*DATAOPS_ASSETS, *MONITORING_ASSETS),
+    description="One UTC day: raw events from the source, the day's feature partitions and its drift verdict "
+    "(automation's first tick; the candidate reads the verdict).",
 )
 daily_training = define_asset_job(
     TRAINING_JOB,
@@ -52,10 +56,10 @@ daily_training = define_asset_job(
 SENSORS = [landed_files_sensor, automation.automation_sensor, *ALERT_SENSORS]
 
 defs = Definitions(
-    assets=[*DATAOPS_ASSETS, *MLOPS_ASSETS, *MONITORING_ASSETS],
+    assets=[*DATAOPS_ASSETS, *MLOPS_ASSETS, *MONITORING_ASSETS, *REPORT_ASSETS],
     jobs=[daily_ingest, daily_training, apply_retention, erase_user, rollback_champion],
     asset_checks=[champion_verified],
     sensors=SENSORS,
     resources={"factory": FactoryResource(), "alert_webhook": AlertWebhook()},
-    executor=in_process_executor,
+    executor=executors.executor_for(),  # FACTORY_EXECUTOR: in_process (default) | multiprocess | celery | k8s
 ).map_asset_specs(func=automation.automate)

@@ -227,8 +227,12 @@ def test_the_project_sensor_runs_by_default_and_there_is_no_schedule():
     assert [s.name for s in sensors] == [automation.AUTOMATION_SENSOR]
     assert sensors[0].default_status == DefaultSensorStatus.RUNNING
     assert not list(defs.schedules or [])
-    # every asset is targeted, so Dagster creates no (stopped) default sensor for any of them
-    assert sensors[0].asset_selection.resolve(GRAPH) == set(GRAPH.get_all_asset_keys())
+    # every executable asset is targeted, so Dagster creates no (stopped) default sensor for any of them;
+    # external assets (reported from outside, e.g. adaptation_demo) are never executed and carry no condition
+    executable = {k for k in GRAPH.get_all_asset_keys() if GRAPH.get(k).is_executable}
+    assert sensors[0].asset_selection.resolve(GRAPH) >= executable
+    assert not GRAPH.get(AssetKey("adaptation_demo")).is_executable
+    assert GRAPH.get(AssetKey("adaptation_demo")).automation_condition is None
 
 
 def test_served_model_waits_for_the_blocking_checks_of_the_candidate():

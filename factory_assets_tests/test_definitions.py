@@ -15,7 +15,7 @@ from factory_assets_tests.helpers import REPO_ROOT
 
 EXPECTED = {
     "raw_events", "user_item_daily", "item_daily", "user_features", "item_features", "online_features",
-    "training_window", "candidate_model", "served_model", "shadow_evaluation", "behaviour_drift",
+    "training_window", "candidate_model", "served_model", "shadow_evaluation", "behaviour_drift", "adaptation_demo",
 }
 
 

@@ -155,3 +155,21 @@ def test_the_asset_refuses_a_day_without_features(tmp_path):
         resources={"factory": factory}, raise_on_error=False,
     )
     assert not result.success
+
+
+def test_change_point_is_the_first_day_of_the_latest_drifted_run_in_the_window():
+    from datetime import date, timedelta
+
+    from factory_assets.drift import change_point
+
+    d = lambda n: date(2024, 11, 1) + timedelta(days=n)
+    start, end = d(0), d(27)
+    assert change_point({}, start, end) is None
+    assert change_point({d(5): False, d(6): False}, start, end) is None
+    # two runs: 3..4 and 10..12 (11 missing a verdict would break the run; here all present) -> 10
+    verdicts = {d(3): True, d(4): True, d(5): False, d(10): True, d(11): True, d(12): True, d(13): False}
+    assert change_point(verdicts, start, end) == d(10)
+    assert change_point(verdicts, start, d(9)) == d(3)  # the later run is outside the window
+    assert change_point({d(10): True, d(12): True}, start, end) == d(12)  # a gap ends a run
+    assert change_point({d(0): True, d(1): True}, start, end) is None  # the whole window is the new regime
+    assert change_point({d(-2): True, d(-1): True, d(0): True, d(1): True}, start, end) is None

@@ -1,6 +1,7 @@
 """``training_window`` (the rolling window's inputs, checked complete) and ``candidate_model`` (train, gate)."""
 
 
+from dataclasses import replace
 from datetime import date
 
 from dagster import (
@@ -27,9 +28,11 @@ from factory_assets.assets.partitions import (
     WINDOW_DAYS,
     partition_day,
 )
+from factory_assets.assets.monitoring import regime_start
 from factory_assets.features import retrieval, store
 from factory_assets.recsys.artefact import (
     ArtefactIntegrityError,
+    atomic_write_bytes,
     load_manifest_model,
     load_model,
     save_model,
@@ -38,7 +41,8 @@ from factory_assets.recsys.artefact import (
 from factory_assets.recsys.evaluation import evaluate, model_scores
 from factory_assets.recsys.model import ModelParams
 from factory_assets.registry import registry
-from factory_assets.reports import decision_markdown
+from factory_assets.recsys.report import ndcg_by_segment_png
+from factory_assets.reports import decision_markdown, evaluation_report_markdown
 from factory_assets.resources import FactoryResource
 from factory_assets.training import train_candidate
 
@@ -95,6 +99,12 @@ def training_window(context: AssetExecutionContext, factory: FactoryResource) ->
 
 
 _DEFAULTS = ModelParams()
+# evaluation["model"] entries (recsys.report, training.CandidateResult.evaluation) shown as numeric metadata
+REPORT_METADATA = ("gini_at_10", "repeat_share_at_10", "new_share_at_10", "repeat_hit_share_at_10", "cold_start_share")
+
+
+def _float_or_null(value: float | None) -> MetadataValue:
+    return MetadataValue.null() if value is None else MetadataValue.float(float(value))
 
 
 def _ranker_manifest(model) -> dict | None:
@@ -133,9 +143,12 @@ class CandidateConfig(Config):
     ranker_c: float | None = Field(default=None, description="ranker: fixed logistic-regression C; None = search")
     search_budget: int = Field(default=_DEFAULTS.search_budget, description="ranker: ALS configurations tried on the validation days")
     ranker_kind: str = Field(default=_DEFAULTS.ranker_kind, description='ranker: "linear" or "trees"')
+    drift_reweighting: bool = Field(default=True, description="down-weight the days before the drift monitor's change point")
+    prior_regime_weight: float = Field(default=_DEFAULTS.prior_regime_weight,
+                                       description="weight of the days before the change point (drift re-weighting)")
 
     def params(self) -> ModelParams:
-        return ModelParams(**self.model_dump())
+        return ModelParams(**self.model_dump(exclude={"drift_reweighting"}))
 
 
 @asset(
@@ -174,7 +187,11 @@ def candidate_model(context: AssetExecutionContext, config: CandidateConfig, fac
         }
         champion = registry.read_alias(layout.aliases)
         champion_tainted = champion is not None and registry.has_event(con, champion["version"], registry.ERASED_DATA)
-    result = train_candidate(frame, (start, end), HOLDOUT_DAYS, config.params())
+        regime = regime_start(con, start, end) if config.drift_reweighting else None
+    params = replace(config.params(), regime_start=None if regime is None else regime.isoformat())
+    if regime is not None:
+        context.log.info(f"behaviour drift since {regime}: days before it weigh {params.prior_regime_weight} in the fits")
+    result = train_candidate(frame, (start, end), HOLDOUT_DAYS, params)
 
     champion_report = None
     if champion is not None:
@@ -208,6 +225,9 @@ def candidate_model(context: AssetExecutionContext, config: CandidateConfig, fac
         "evaluation": evaluation,
     }
     manifest_path, manifest_sha = write_manifest(manifest, models_dir)
+    plot = ndcg_by_segment_png(evaluation["segments"])  # named by the manifest it illustrates
+    plot_path = layout.artefacts / "reports" / f"{manifest_sha}.png"
+    atomic_write_bytes(plot_path, plot)
 
     served = load_model(served_path, served_sha)  # the gate judges the bytes that will be served
     gates = [
@@ -260,7 +280,12 @@ def candidate_model(context: AssetExecutionContext, config: CandidateConfig, fac
             "ndcg_at_10": evaluation["model"]["ndcg_at_10"],
             "n_eval_users": evaluation["model"]["n_users"],
             "als_weight": result.eval_model.als_weight,
+            "regime_start": params.regime_start or "none (no drift in the window)",
             "verdict": verdict,
             "promotion_decision": MetadataValue.md(markdown),
+            **{key: _float_or_null(evaluation["model"][key]) for key in REPORT_METADATA},
+            "evaluation_report": MetadataValue.md(evaluation_report_markdown(evaluation, plot)),
+            "evaluation_plot": MetadataValue.path(str(plot_path)),
+            "activity_segments": MetadataValue.json(evaluation["segments"]),
         },
     )

@@ -110,6 +110,22 @@ def history(con: duckdb.DuckDBPyConnection, until: date, rows: int = HISTORY_ROW
     return frame.iloc[::-1].reset_index(drop=True)
 
 
+def regime_start(con: duckdb.DuckDBPyConnection, start: date, end: date) -> date | None:
+    """The drift monitor's change point inside the window ``start..end`` (:func:`factory_assets.drift.change_point`).
+
+    None when :data:`DRIFT_HISTORY` does not exist yet (the monitor never ran) or no day of the window drifted.
+    """
+    exists = con.execute(
+        "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [DRIFT_HISTORY]
+    ).fetchone()[0]
+    if not exists:
+        return None
+    rows = con.execute(
+        f"SELECT partition_day, drifted FROM {DRIFT_HISTORY} WHERE partition_day BETWEEN ? AND ?", [start, end]
+    ).fetchall()
+    return drift.change_point({day: bool(flag) for day, flag in rows}, start, end)
+
+
 def _record(con: duckdb.DuckDBPyConnection, day: date, reference_days: int, report: drift.DriftReport) -> None:
     con.execute(
         f"INSERT OR REPLACE INTO {DRIFT_HISTORY} VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",

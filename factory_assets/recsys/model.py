@@ -55,6 +55,9 @@ class ModelParams:
     tree_iterations: int = 100
     tree_leaves: int = 15
     ranker_user_weighting: bool = False  # weight each user's positives / negatives to sum to 1 (listwise-like)
+    # Drift-triggered re-weighting (see ``regime_weights``): set by ``candidate_model`` from the drift monitor.
+    regime_start: str | None = None  # ISO day: first day of the current behaviour regime, None = no change seen
+    prior_regime_weight: float = 0.05  # weight of the days before ``regime_start`` when the frame has later days
 
     def as_dict(self) -> dict:
         out = asdict(self)
@@ -116,13 +119,29 @@ def recency_decay(days: pd.Series, as_of: date, half_life_days: float) -> np.nda
     return np.power(0.5, age / half_life_days)
 
 
+def regime_weights(days: pd.Series, regime_start: str | None, prior_weight: float) -> np.ndarray:
+    """Per-row weight: ``prior_weight`` before ``regime_start`` and 1 from it on, or all 1.
+
+    All 1 when ``regime_start`` is None or no row is on or after it: a frame that holds only the old regime
+    (e.g. the evaluation model's training days, when the change point falls in the test days) is fitted
+    exactly as without a change point.  Shape ``(len(days),)`` float64.
+    """
+    if regime_start is None or len(days) == 0:
+        return np.ones(len(days))
+    old = (pd.to_datetime(days) < pd.Timestamp(regime_start)).to_numpy()
+    if old.all():
+        return np.ones(len(days))
+    return np.where(old, float(prior_weight), 1.0)
+
+
 def fit_model(train: pd.DataFrame, as_of: date, params: ModelParams, als_weight: float) -> BlendModel:
     """Fit ALS and the history/popularity terms on user x item daily features.
 
     Args:
         train: rows of the ``user_item_daily`` feature view: ``day`` (date), ``user_id``, ``item_id``
             (str), ``weight`` (float, event-type weighted interactions), ``n_conversions`` (int).
-        as_of: the last training day; recency ages are counted from it (days, UTC).
+        as_of: the last training day; recency ages are counted from it (days, UTC).  Rows before
+            ``params.regime_start`` are further weighted by ``params.prior_regime_weight`` (:func:`regime_weights`).
         params: hyper-parameters (seeded, fixed thread count: fits are bit-reproducible).
         als_weight: ``a`` in the module formula (>= 0).
 
@@ -134,6 +153,7 @@ def fit_model(train: pd.DataFrame, as_of: date, params: ModelParams, als_weight:
     import implicit  # imported lazily: it pulls in its BLAS setup
 
     decay = recency_decay(train["day"], as_of, params.half_life_days)
+    decay = decay * regime_weights(train["day"], params.regime_start, params.prior_regime_weight)
     frame = train.assign(
         confidence=np.log1p(train["weight"].to_numpy(dtype=np.float64) * decay),
         history=train["n_conversions"].to_numpy(dtype=np.float64) * decay,
