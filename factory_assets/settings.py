@@ -80,6 +80,31 @@ def executor_name() -> str:
     return name
 
 
+ALS_GPU_MODES = ("off", "auto", "on")
+
+
+def als_gpu() -> bool:
+    """Train ALS on the GPU? From ``FACTORY_ALS_GPU``: ``off`` (default), ``auto`` (when implicit has CUDA), ``on``.
+
+    Off by default: GPU factors are not bit-identical to CPU ones, and a manifest promises a bit-for-bit
+    retrain; the choice is recorded as ``use_gpu`` in every manifest.
+
+    Raises:
+        ValueError: for an unknown mode.
+        RuntimeError: ``on`` while implicit was built without CUDA (the PyPI wheels are CPU-only).
+    """
+    mode = os.environ.get("FACTORY_ALS_GPU", "off").strip().lower() or "off"
+    if mode not in ALS_GPU_MODES:
+        raise ValueError(f"FACTORY_ALS_GPU={mode!r} is not one of {', '.join(ALS_GPU_MODES)}")
+    if mode == "off":
+        return False
+    import implicit.gpu
+
+    if mode == "on" and not implicit.gpu.HAS_CUDA:
+        raise RuntimeError("FACTORY_ALS_GPU=on but implicit was built without CUDA (pip wheels are CPU-only)")
+    return bool(implicit.gpu.HAS_CUDA)
+
+
 def partition_start() -> str:
     """First daily partition key (ISO date), from ``FACTORY_PARTITION_START``.
 

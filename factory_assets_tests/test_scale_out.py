@@ -214,3 +214,21 @@ def test_daily_ingest_on_the_multiprocess_executor_respects_the_warehouse_pool(t
     assert single.success
     (single_raw,) = single.asset_materializations_for_node("raw_events")
     assert multi.tags["dagster/data_version"] == single_raw.tags["dagster/data_version"]
+
+
+def test_als_gpu_switch_is_off_by_default_and_refuses_a_gpu_it_does_not_have(monkeypatch):
+    import implicit.gpu
+
+    from factory_assets import settings
+
+    monkeypatch.delenv("FACTORY_ALS_GPU", raising=False)
+    assert settings.als_gpu() is False
+    monkeypatch.setenv("FACTORY_ALS_GPU", "sometimes")
+    with pytest.raises(ValueError, match="off, auto, on"):
+        settings.als_gpu()
+    monkeypatch.setenv("FACTORY_ALS_GPU", "auto")
+    assert settings.als_gpu() is bool(implicit.gpu.HAS_CUDA)
+    if not implicit.gpu.HAS_CUDA:
+        monkeypatch.setenv("FACTORY_ALS_GPU", "on")
+        with pytest.raises(RuntimeError, match="without CUDA"):
+            settings.als_gpu()

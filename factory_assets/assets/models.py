@@ -18,7 +18,7 @@ from dagster import (
 )
 from pydantic import Field
 
-from factory_assets import promotion
+from factory_assets import promotion, settings
 from factory_assets.assets.partitions import (
     DAILY,
     GROUP_MODELS,
@@ -188,7 +188,8 @@ def candidate_model(context: AssetExecutionContext, config: CandidateConfig, fac
         champion = registry.read_alias(layout.aliases)
         champion_tainted = champion is not None and registry.has_event(con, champion["version"], registry.ERASED_DATA)
         regime = regime_start(con, start, end) if config.drift_reweighting else None
-    params = replace(config.params(), regime_start=None if regime is None else regime.isoformat())
+    params = replace(config.params(), regime_start=None if regime is None else regime.isoformat(),
+                     use_gpu=settings.als_gpu())
     if regime is not None:
         context.log.info(f"behaviour drift since {regime}: days before it weigh {params.prior_regime_weight} in the fits")
     result = train_candidate(frame, (start, end), HOLDOUT_DAYS, params)

@@ -58,6 +58,7 @@ class ModelParams:
     # Drift-triggered re-weighting (see ``regime_weights``): set by ``candidate_model`` from the drift monitor.
     regime_start: str | None = None  # ISO day: first day of the current behaviour regime, None = no change seen
     prior_regime_weight: float = 0.05  # weight of the days before ``regime_start`` when the frame has later days
+    use_gpu: bool = False  # implicit's CUDA ALS (settings.als_gpu, FACTORY_ALS_GPU); GPU factors differ from CPU ones
 
     def as_dict(self) -> dict:
         out = asdict(self)
@@ -119,6 +120,11 @@ def recency_decay(days: pd.Series, as_of: date, half_life_days: float) -> np.nda
     return np.power(0.5, age / half_life_days)
 
 
+def _host(factors) -> np.ndarray:
+    """Factors as a host NumPy array (implicit's GPU model keeps them on the device)."""
+    return factors.to_numpy() if hasattr(factors, "to_numpy") else np.asarray(factors)
+
+
 def regime_weights(days: pd.Series, regime_start: str | None, prior_weight: float) -> np.ndarray:
     """Per-row weight: ``prior_weight`` before ``regime_start`` and 1 from it on, or all 1.
 
@@ -168,6 +174,7 @@ def fit_model(train: pd.DataFrame, as_of: date, params: ModelParams, als_weight:
         random_state=params.seed,
         num_threads=params.num_threads,
         calculate_training_loss=False,
+        use_gpu=params.use_gpu,  # explicit: implicit's own default is use_gpu=HAS_CUDA
     )
     with threadpool_limits(limits=1, user_api="blas"):
         als.fit(conf.matrix, show_progress=False)
@@ -175,8 +182,8 @@ def fit_model(train: pd.DataFrame, as_of: date, params: ModelParams, als_weight:
     return BlendModel(
         user_ids=conf.user_ids,
         item_ids=conf.item_ids,
-        user_factors=np.ascontiguousarray(als.user_factors, dtype=np.float32),
-        item_factors=np.ascontiguousarray(als.item_factors, dtype=np.float32),
+        user_factors=np.ascontiguousarray(_host(als.user_factors), dtype=np.float32),
+        item_factors=np.ascontiguousarray(_host(als.item_factors), dtype=np.float32),
         history=hist.matrix,
         popularity=popularity.astype(np.float32),
         als_weight=float(als_weight),
