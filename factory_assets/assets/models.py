@@ -144,8 +144,9 @@ class CandidateConfig(Config):
     search_budget: int = Field(default=_DEFAULTS.search_budget, description="ranker: ALS configurations tried on the validation days")
     ranker_kind: str = Field(default=_DEFAULTS.ranker_kind, description='ranker: "linear" or "trees"')
     drift_reweighting: bool = Field(default=True, description="down-weight the days before the drift monitor's change point")
-    prior_regime_weight: float = Field(default=_DEFAULTS.prior_regime_weight,
-                                       description="weight of the days before the change point (drift re-weighting)")
+    regime_decay: float = Field(default=_DEFAULTS.regime_decay,
+                                description="drift re-weighting: days before the change point weigh decay ** (new days)")
+    regime_floor: float = Field(default=_DEFAULTS.regime_floor, description="drift re-weighting: their smallest weight")
 
     def params(self) -> ModelParams:
         return ModelParams(**self.model_dump(exclude={"drift_reweighting"}))
@@ -191,7 +192,7 @@ def candidate_model(context: AssetExecutionContext, config: CandidateConfig, fac
     params = replace(config.params(), regime_start=None if regime is None else regime.isoformat(),
                      use_gpu=settings.als_gpu())
     if regime is not None:
-        context.log.info(f"behaviour drift since {regime}: days before it weigh {params.prior_regime_weight} in the fits")
+        context.log.info(f"behaviour drift since {regime}: the days before it are down-weighted in the fits")
     result = train_candidate(frame, (start, end), HOLDOUT_DAYS, params)
 
     champion_report = None

@@ -57,7 +57,8 @@ class ModelParams:
     ranker_user_weighting: bool = False  # weight each user's positives / negatives to sum to 1 (listwise-like)
     # Drift-triggered re-weighting (see ``regime_weights``): set by ``candidate_model`` from the drift monitor.
     regime_start: str | None = None  # ISO day: first day of the current behaviour regime, None = no change seen
-    prior_regime_weight: float = 0.05  # weight of the days before ``regime_start`` when the frame has later days
+    regime_decay: float = 0.7  # days before ``regime_start`` weigh regime_decay ** (days of the new regime) ...
+    regime_floor: float = 0.05  # ... but at least this much (``regime_weights``)
     use_gpu: bool = False  # implicit's CUDA ALS (settings.als_gpu, FACTORY_ALS_GPU); GPU factors differ from CPU ones
 
     def as_dict(self) -> dict:
@@ -125,19 +126,28 @@ def _host(factors) -> np.ndarray:
     return factors.to_numpy() if hasattr(factors, "to_numpy") else np.asarray(factors)
 
 
-def regime_weights(days: pd.Series, regime_start: str | None, prior_weight: float) -> np.ndarray:
-    """Per-row weight: ``prior_weight`` before ``regime_start`` and 1 from it on, or all 1.
+def regime_weights(days: pd.Series, as_of: date, params: "ModelParams") -> np.ndarray:
+    """Per-row weight of the drift re-weighting: old-regime rows ``max(decay ** n, floor)``, others 1.
+
+    ``n`` = days of the new regime in the fit (``regime_start`` .. ``as_of``, inclusive).  The old regime's
+    days are shrunk gradually, not cut: one day of new behaviour is thin evidence, so right after a change
+    point the old days still carry most of the weight (0.7 with the default decay), a week later almost none
+    (0.7 ** 8 = 0.058, floored at 0.05).  Measured on the simulator's default shift (strength 1.5), hit-rate@10
+    as a share of the oracle's on the 1st / 3rd / 7th / 11th day after the shift: none 0.606 / 0.664 / 0.689 /
+    0.735, a constant 0.05 0.585 / 0.693 / 0.728 / 0.759, this schedule 0.609 / 0.674 / 0.731 / 0.756.
 
     All 1 when ``regime_start`` is None or no row is on or after it: a frame that holds only the old regime
     (e.g. the evaluation model's training days, when the change point falls in the test days) is fitted
     exactly as without a change point.  Shape ``(len(days),)`` float64.
     """
-    if regime_start is None or len(days) == 0:
+    if params.regime_start is None or len(days) == 0:
         return np.ones(len(days))
-    old = (pd.to_datetime(days) < pd.Timestamp(regime_start)).to_numpy()
+    start = pd.Timestamp(params.regime_start)
+    old = (pd.to_datetime(days) < start).to_numpy()
     if old.all():
         return np.ones(len(days))
-    return np.where(old, float(prior_weight), 1.0)
+    n_new = (pd.Timestamp(as_of) - start).days + 1
+    return np.where(old, max(params.regime_decay ** n_new, params.regime_floor), 1.0)
 
 
 def fit_model(train: pd.DataFrame, as_of: date, params: ModelParams, als_weight: float) -> BlendModel:
@@ -147,7 +157,7 @@ def fit_model(train: pd.DataFrame, as_of: date, params: ModelParams, als_weight:
         train: rows of the ``user_item_daily`` feature view: ``day`` (date), ``user_id``, ``item_id``
             (str), ``weight`` (float, event-type weighted interactions), ``n_conversions`` (int).
         as_of: the last training day; recency ages are counted from it (days, UTC).  Rows before
-            ``params.regime_start`` are further weighted by ``params.prior_regime_weight`` (:func:`regime_weights`).
+            ``params.regime_start`` are further down-weighted by :func:`regime_weights` (drift re-weighting).
         params: hyper-parameters (seeded, fixed thread count: fits are bit-reproducible).
         als_weight: ``a`` in the module formula (>= 0).
 
@@ -159,7 +169,7 @@ def fit_model(train: pd.DataFrame, as_of: date, params: ModelParams, als_weight:
     import implicit  # imported lazily: it pulls in its BLAS setup
 
     decay = recency_decay(train["day"], as_of, params.half_life_days)
-    decay = decay * regime_weights(train["day"], params.regime_start, params.prior_regime_weight)
+    decay = decay * regime_weights(train["day"], as_of, params)
     frame = train.assign(
         confidence=np.log1p(train["weight"].to_numpy(dtype=np.float64) * decay),
         history=train["n_conversions"].to_numpy(dtype=np.float64) * decay,

@@ -1,4 +1,4 @@
-"""The blend's drift re-weighting: days before the regime start count ``prior_regime_weight``."""
+"""The drift re-weighting: days before the regime start weigh ``max(regime_decay ** n_new_days, regime_floor)``."""
 
 from __future__ import annotations
 
@@ -22,21 +22,27 @@ def _frame() -> pd.DataFrame:
     return frame
 
 
-def test_regime_weights_apply_only_when_the_frame_reaches_the_new_regime():
+def test_regime_weights_shrink_the_old_days_with_each_new_day_and_only_when_the_frame_reaches_them():
     days = pd.Series([date(2024, 11, 1), date(2024, 11, 5), date(2024, 11, 6)])
-    assert regime_weights(days, None, 0.1).tolist() == [1, 1, 1]
-    assert regime_weights(days, "2024-11-05", 0.1).tolist() == [0.1, 1, 1]
-    assert regime_weights(days, "2024-11-07", 0.1).tolist() == [1, 1, 1]  # only the old regime: unchanged
+    params = ModelParams(regime_decay=0.5, regime_floor=0.1)
+    assert regime_weights(days, date(2024, 11, 6), params).tolist() == [1, 1, 1]  # no regime start
+    start = replace(params, regime_start="2024-11-05")
+    # new regime 11-05 .. as_of: 2 days -> 0.5 ** 2; 4 days -> 0.0625, floored at 0.1
+    assert regime_weights(days, date(2024, 11, 6), start).tolist() == [0.25, 1, 1]
+    assert regime_weights(days, date(2024, 11, 8), start).tolist() == [0.1, 1, 1]
+    later = replace(params, regime_start="2024-11-07")
+    assert regime_weights(days, date(2024, 11, 6), later).tolist() == [1, 1, 1]  # only the old regime: unchanged
 
 
 def test_fit_with_a_regime_start_equals_a_fit_on_rows_scaled_by_hand():
     frame, as_of = _frame(), date(2024, 11, 10)
     params = ModelParams(model_kind="blend", factors=8, iterations=5)
-    shifted = fit_model(frame, as_of, replace(params, regime_start="2024-11-08", prior_regime_weight=0.05), 1.0)
-    # second method: scale the old rows' weight and conversions ourselves, fit without a regime
+    shifted = fit_model(frame, as_of, replace(params, regime_start="2024-11-08", regime_decay=0.6, regime_floor=0.01), 1.0)
+    # second method: scale the old rows' weight and conversions ourselves (3 new days: 0.6 ** 3), fit without a regime
     old = pd.to_datetime(frame["day"]) < pd.Timestamp("2024-11-08")
-    by_hand = frame.assign(weight=np.where(old, frame["weight"] * 0.05, frame["weight"]),
-                           n_conversions=np.where(old, frame["n_conversions"] * 0.05, frame["n_conversions"]))
+    w = 0.6 ** 3
+    by_hand = frame.assign(weight=np.where(old, frame["weight"] * w, frame["weight"]),
+                           n_conversions=np.where(old, frame["n_conversions"] * w, frame["n_conversions"]))
     plain = fit_model(by_hand, as_of, params, 1.0)
     np.testing.assert_allclose(shifted.history.toarray(), plain.history.toarray(), rtol=1e-6)
     np.testing.assert_allclose(shifted.popularity, plain.popularity, rtol=1e-6)
