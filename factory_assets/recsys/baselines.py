@@ -45,3 +45,11 @@ def repeat_scores(train: pd.DataFrame, user_ids: np.ndarray, catalogue: np.ndarr
         if r is not None and c is not None:
             scores[r, c] += n
     return scores
+
+
+def repeat_unfilled_scores(train: pd.DataFrame, user_ids: np.ndarray, catalogue: np.ndarray) -> np.ndarray:
+    """The weaker, unfilled variant of ``repeat`` (a *reference*, never a gate): own conversion count, ties by
+    popularity, and ``-inf`` (not recommended) for every item the user never converted on, so a user with
+    fewer than k own items gets a short list.  Shape and dtype as :func:`repeat_scores`."""
+    scores = repeat_scores(train, user_ids, catalogue)
+    return np.where(scores >= 1.0, scores, -np.inf)

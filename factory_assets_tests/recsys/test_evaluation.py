@@ -147,6 +147,15 @@ def test_repeat_scores_by_hand():
     )
 
 
+def test_unfilled_repeat_reference_recommends_only_own_items():
+    users = np.array(["uA", "uB", "uD"])
+    scores = baselines.repeat_unfilled_scores(BASELINE_TRAIN, users, CATALOGUE)
+    inf = -np.inf
+    # the filled scores above, with every non-own item removed (-inf): uD converted on nothing
+    np.testing.assert_array_equal(scores, [[3.25, inf, 1.75, inf], [inf, 1.5, 1.75, inf], [inf, inf, inf, inf]])
+    np.testing.assert_array_equal(top_k(scores, 3), [[0, 2, -1], [2, 1, -1], [-1, -1, -1]])
+
+
 def test_repeat_ignores_items_outside_catalogue():
     # uA's i1 is not in this catalogue; only i3 (own 1) stays.  popularity over [i2, i3] = [2, 3] -> base /4
     scores = baselines.repeat_scores(BASELINE_TRAIN, np.array(["uA"]), np.array(["i2", "i3"]))
