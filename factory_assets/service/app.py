@@ -23,9 +23,11 @@ Cold start: a user id the champion never saw gets the popularity ranking (the mo
 the same fallback the factory evaluates as its baseline) with ``"fallback": true``.
 
 Hot reload: a watcher thread polls ``champion.json`` / ``shadow.json`` (mtime, size and sha256 of the pointer
-bytes) every ``poll_interval_s``.  A changed pointer is loaded and verified (manifest and artefact sha256)
-*before* the reference is swapped; a failure is logged and counted (``factory_serve_reload_failures_total``)
-and the old model keeps serving.
+bytes) every ``poll_interval_s``.  A changed pointer is loaded, verified (manifest and artefact sha256) and
+prepared for serving *before* the reference is swapped; a failure is logged and counted
+(``factory_serve_reload_failures_total``) and the old model keeps serving.  Preparing a learned-ranker model
+means scoring every known user once (:class:`~factory_assets.service.models.RankedLists`, in a niced child
+interpreter by default, ``factory_serve_model_load_seconds``), so a request is a lookup and a short merge.
 
 Logs: every answer is queued for a background thread that (1) scores the shadow model, when one is loaded, on
 the same request (never on the response path), (2) writes both lists to ``<home>/<source>/served_log/``
@@ -44,6 +46,7 @@ from __future__ import annotations
 
 import hmac
 import io
+import itertools
 import json
 import logging
 import os
@@ -99,8 +102,10 @@ class ServiceConfig:
     poll_interval_s: float = 1.0
     flush_rows: int = 5000
     flush_interval_s: float = 5.0
+    drain_interval_s: float = 0.05  # the log thread wakes this often, not per request (no GIL hand-off per request)
     watch: bool = True
     log_process: bool = True  # write the logs from a forked child process (see LogWriter)
+    precompute_process: bool = True  # score a ranker's users in a niced child interpreter (models.RankedLists)
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(timezone.utc), repr=False)  # tests fix it
 
     @property
@@ -200,11 +205,18 @@ class Metrics:
             ]
         for name, kind, text, value in simple:
             out += [f"# HELP factory_serve_{name} {text}", f"# TYPE factory_serve_{name} {kind}", f"factory_serve_{name} {value}"]
-        out += ["# HELP factory_serve_model_version Registry version loaded per role (0: none).",
-                "# TYPE factory_serve_model_version gauge"]
-        for role in (registry.CHAMPION, registry.SHADOW):
-            loaded = getattr(holder, role)
-            out.append(f'factory_serve_model_version{{role="{role}"}} {loaded.version if loaded else 0}')
+        gauges = (
+            ("model_version", "Registry version loaded per role (0: none).", lambda m: m.version),
+            ("model_load_seconds", "Seconds spent preparing the loaded model for serving (a ranker's precompute).",
+             lambda m: round(m.precompute_s, 6)),
+            ("model_precomputed_bytes", "Bytes of precomputed per-user rankings kept for the loaded model.",
+             lambda m: m.precompute_bytes),
+        )
+        for name, text, value in gauges:
+            out += [f"# HELP factory_serve_{name} {text}", f"# TYPE factory_serve_{name} gauge"]
+            for role in (registry.CHAMPION, registry.SHADOW):
+                loaded = getattr(holder, role)
+                out.append(f'factory_serve_{name}{{role="{role}"}} {value(loaded) if loaded else 0}')
         return "\n".join(out) + "\n"
 
 
@@ -212,7 +224,7 @@ class Metrics:
 @dataclass(frozen=True)
 class _Served:
     request_id: str
-    ts: pd.Timestamp
+    ts: datetime  # timezone-aware, as ``ServiceConfig.clock`` returns it (converted in the log thread)
     lists: list[Recommendation]
     champion: LoadedModel
     shadow: LoadedModel | None
@@ -275,8 +287,11 @@ def _writer_process(jobs, acks, served_dir: Path, landing_dir: Path | None) -> N
 class LogWriter:
     """Background thread: scores the shadow off the response path, then batches the served log and impressions.
 
-    With ``ServiceConfig.log_process`` (the default for ``factory serve``) the batches are encoded and written
-    by a forked child process, so pandas/pyarrow work does not hold the server's GIL; otherwise in this thread.
+    The thread wakes every ``ServiceConfig.drain_interval_s`` (and on :meth:`flush`) and handles everything
+    queued since, rather than waking for each request: a per-request wake-up would hand the GIL to this thread
+    in the middle of the next request.  With ``ServiceConfig.log_process`` (the default for ``factory
+    serve``) the batches are encoded and written by a forked child process, so pandas/pyarrow work does not
+    hold the server's GIL; otherwise in this thread.
     """
 
     def __init__(self, config: ServiceConfig, metrics: Metrics) -> None:
@@ -288,6 +303,7 @@ class LogWriter:
         self._thread = threading.Thread(target=self._run, name="serve-log-writer", daemon=True)
         self._flush_now = threading.Event()
         self._flushed = threading.Event()
+        self._wake = threading.Event()
         self._stopping = False
         self._process = None
         self._pending: set[int] = set()
@@ -318,14 +334,14 @@ class LogWriter:
             return
         self._flushed.clear()
         self._flush_now.set()
-        self.queue.put(None)
+        self._wake.set()
         self._flushed.wait(timeout)
 
     def stop(self) -> None:
         if self._thread.is_alive():
             self.flush()
             self._stopping = True
-            self.queue.put(None)
+            self._wake.set()
             self._thread.join(5)
         if self._process is not None:
             self._jobs.put(None)
@@ -337,13 +353,9 @@ class LogWriter:
     def _run(self) -> None:
         last = time.monotonic()
         while not self._stopping:
-            try:
-                item = self.queue.get(timeout=min(1.0, self.config.flush_interval_s))
-            except queue.Empty:
-                item = None
-            if item is not None:
-                self._handle(item)
-                self._drain()
+            self._wake.wait(min(self.config.drain_interval_s, self.config.flush_interval_s))
+            self._wake.clear()
+            self._drain()
             self._wait_acks(0)
             due = time.monotonic() - last >= self.config.flush_interval_s
             if self._flush_now.is_set() or due or len(self._log["request_id"]) >= self.config.flush_rows:
@@ -365,13 +377,14 @@ class LogWriter:
 
     def _handle(self, item: _Served) -> None:
         try:
-            self._add(item, registry.CHAMPION, item.champion.version, item.lists)
+            ts = pd.Timestamp(item.ts).tz_convert("UTC").value  # int64 ns since the epoch
+            self._add(item, ts, registry.CHAMPION, item.champion.version, item.lists)
             if item.shadow is not None:
                 shadow = item.shadow.recommend([r.user_id for r in item.lists], item.k, item.exclude_purchased)
-                self._add(item, registry.SHADOW, item.shadow.version, shadow)
+                self._add(item, ts, registry.SHADOW, item.shadow.version, shadow)
                 self.metrics.bump("shadow_scored", len(shadow))
             if self.config.landing_dir is not None:
-                imp, ts = self._imp, item.ts.value
+                imp = self._imp
                 for n, rec in enumerate(item.lists):
                     prefix = f"imp-{item.request_id}-{n}" if len(item.lists) > 1 else f"imp-{item.request_id}"
                     for pos, item_id in enumerate(rec.item_ids, start=1):
@@ -383,8 +396,8 @@ class LogWriter:
             log.exception("served-log: could not process request %s", item.request_id)
             self.metrics.bump("log_errors")
 
-    def _add(self, item: _Served, role: str, version: int, lists: list[Recommendation]) -> None:
-        cols, ts = self._log, item.ts.value
+    def _add(self, item: _Served, ts: int, role: str, version: int, lists: list[Recommendation]) -> None:
+        cols = self._log
         for n, rec in enumerate(lists):
             request_id = item.request_id if len(lists) == 1 else f"{item.request_id}-{n}"
             m = len(rec.item_ids)
@@ -456,7 +469,7 @@ class AliasWatcher:
     def _reload(self, role: str) -> dict:
         current = getattr(self.holder, role)
         try:
-            loaded = load_alias(self.config.layout.aliases, role, self.config.item_filter)
+            loaded = load_alias(self.config.layout.aliases, role, self.config.item_filter, self.config.precompute_process)
         except ModelLoadError as exc:
             log.error("refusing the new %s: %s; %s keeps serving", role, exc,
                       f"v{current.version}" if current else "nothing")
@@ -564,6 +577,9 @@ class Service:
         self.metrics = Metrics()
         self.watcher = AliasWatcher(config, self.holder, self.metrics)
         self.writer = LogWriter(config, self.metrics)
+        # request ids: a random per-process prefix and a counter (no urandom syscall, which drops the GIL, per request)
+        self._id_prefix = uuid.uuid4().hex[:20]
+        self._id_counter = itertools.count()
 
     def start(self) -> None:
         self.watcher.check(force=True)
@@ -581,8 +597,8 @@ class Service:
         exclude = self.config.exclude_purchased if exclude_purchased is None else exclude_purchased
         lists = champion.recommend(user_ids, k, exclude)
         self.metrics.served(len(lists), sum(r.fallback for r in lists))
-        ts = pd.Timestamp(self.config.clock()).tz_convert("UTC")
-        self.writer.submit(_Served(uuid.uuid4().hex, ts, lists, champion, shadow, k, exclude))
+        request_id = f"{self._id_prefix}{next(self._id_counter):012x}"  # 32 hex digits, unique per process start
+        self.writer.submit(_Served(request_id, self.config.clock(), lists, champion, shadow, k, exclude))
         return champion, lists
 
 
@@ -713,7 +729,76 @@ def create_app(config: ServiceConfig | None = None) -> FastAPI:
         result["reload"] = service.watcher.check(force=True)
         return JSONResponse(json.loads(json.dumps(result, default=str)))
 
-    return _BodyLimit(app, MAX_BODY_BYTES, service.metrics)
+    return _BodyLimit(_FastRecommend(app, service), MAX_BODY_BYTES, service.metrics)
+
+
+_RECOMMEND_PREFIX = "/recommendations/"
+_RECOMMEND_ROUTE = "/recommendations/{user_id}"
+
+
+def json_bytes(content) -> bytes:
+    """JSON bytes exactly as Starlette's ``JSONResponse`` renders them (UTF-8, compact, no NaN)."""
+    return json.dumps(content, ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":")).encode("utf-8")
+
+
+class _FastRecommend:
+    """ASGI wrapper answering the common ``GET /recommendations/{user_id}`` itself, byte for byte as the route.
+
+    FastAPI's parameter machinery (dependency solving, pydantic) costs several times what serving a
+    precomputed list does.  This layer answers only requests it can validate trivially: a GET whose user id
+    passes :func:`valid_user_id`, whose query string holds at most one ``k`` (plain decimal ``1..MAX_K``) and
+    one ``exclude_purchased`` (``true`` / ``false``) and nothing else, while a champion is loaded.  Anything
+    else (invalid or unusual values, other routes, not ready) goes on to the FastAPI app, so every error answer
+    and the OpenAPI schema stay FastAPI's.  What it answers is what the route answers: the same JSON bytes, the
+    same ``content-length`` / ``content-type`` headers, and a latency observation under the route
+    ``/recommendations/{user_id}``.
+    """
+
+    def __init__(self, app: FastAPI, service: "Service") -> None:
+        self.app = app
+        self.service = service
+        self.state = app.state
+
+    def __getattr__(self, name):  # behave like the FastAPI app (openapi, routes, ...)
+        return getattr(self.app, name)
+
+    @staticmethod
+    def parse(scope) -> tuple[str, int, bool | None] | None:
+        """``(user_id, k, exclude_purchased)`` of a plainly valid request, None for anything else."""
+        if scope["method"] != "GET" or scope.get("root_path") or not scope["path"].startswith(_RECOMMEND_PREFIX):
+            return None
+        user_id = scope["path"][len(_RECOMMEND_PREFIX):]
+        if "/" in user_id or not valid_user_id(user_id):
+            return None
+        k, exclude, seen = 10, None, set()
+        query = scope.get("query_string", b"")
+        for part in query.split(b"&") if query else ():
+            key, eq, value = part.partition(b"=")
+            if key in seen or not eq:
+                return None
+            seen.add(key)
+            if key == b"k" and value.isdigit() and len(value) <= len(str(MAX_K)) and not value.startswith(b"0"):
+                k = int(value)
+            elif key == b"exclude_purchased" and value in (b"true", b"false"):
+                exclude = value == b"true"
+            else:
+                return None
+        return (user_id, k, exclude) if k <= MAX_K else None
+
+    async def __call__(self, scope, receive, send):
+        parsed = self.parse(scope) if scope["type"] == "http" else None
+        if parsed is None or self.service.holder.champion is None:
+            return await self.app(scope, receive, send)
+        started, status = time.perf_counter(), 500
+        try:
+            champion, lists = self.service.answer([parsed[0]], parsed[1], parsed[2])
+            body = json_bytes(_as_json(lists[0], champion.version))
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-length", str(len(body)).encode()), (b"content-type", b"application/json")]})
+            await send({"type": "http.response.body", "body": body})
+            status = 200
+        finally:
+            self.service.metrics.observe("GET", _RECOMMEND_ROUTE, status, time.perf_counter() - started)
 
 
 class _BodyLimit:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +33,36 @@ def hand_model(seed: int = 0, n_users: int = 6, n_items: int = 8, factors: int =
         als_weight=als_weight,
         params=ModelParams(als_weight=als_weight),
     )
+
+
+def hand_ranker_model(seed: int = 0, n_users: int = 6, n_items: int = 8, n_candidates: int = 2) -> BlendModel:
+    """:func:`hand_model` as a two-stage learned-ranker model (the factory's default kind), seeded.
+
+    Sources: ``u0`` interacted with ``i0`` and ``i3``, ``u1`` with ``i5`` (recency 0.5, one conversion day
+    each); co-purchase neighbours ``i0 <-> i3`` (0.8) and ``i3 -> i6`` (0.4); converters = 8 - item index.
+    Ranker: logistic-regression coefficients ~ N(0, 1) (seeded), no standardisation.  With
+    ``n_candidates = 2`` a user has only a few candidates, so lists longer than that continue with the
+    non-candidates (score ``log1p(popularity) - 1e6``, popularity order: ``i0`` first).
+    """
+    from factory_assets.recsys.candidates import SourceArrays
+    from factory_assets.recsys.ranker import FEATURES, LinearRanker, RankerPart
+
+    base = hand_model(seed=seed, n_users=n_users, n_items=n_items)
+    seen = np.zeros((n_users, n_items), dtype=np.float32)
+    seen[0, 0], seen[0, 3], seen[1, 5] = 0.5, 0.5, 0.5
+    neighbours = np.zeros((n_items, n_items), dtype=np.float32)
+    neighbours[0, 3], neighbours[3, 0], neighbours[3, 6] = 0.8, 0.8, 0.4
+    converters = np.arange(n_items, 0, -1).astype(np.float32)
+    sources = SourceArrays(
+        recency=sp.csr_matrix(seen), converters=converters, converters_7d=converters / 2, converters_prev_7d=converters / 4,
+        neighbours=sp.csr_matrix(neighbours), days_count=sp.csr_matrix((seen > 0).astype(np.float32)),
+        item_repeat_rate=np.full(n_items, 0.2, dtype=np.float32), user_days=np.ones(n_users, dtype=np.float32),
+    )
+    f = len(FEATURES)
+    rng = np.random.default_rng(100 + seed)
+    linear = LinearRanker(coef=rng.normal(size=f), intercept=0.5, mean=np.zeros(f), scale=np.ones(f))
+    return replace(base, ranker=RankerPart(sources=sources, linear=linear, n_candidates=n_candidates), als_weight=0.0,
+                   params=ModelParams(als_weight=0.0, n_candidates=n_candidates))
 
 
 def publish(home: Path, model: BlendModel, version: int, alias: str = "champion") -> dict:
@@ -66,7 +97,8 @@ def make_client(home):
     clients = []
 
     def make(**overrides):
-        values = {"home": home, "source": SOURCE, "admin_token": TOKEN, "watch": False, "flush_interval_s": 60.0, "log_process": False}
+        values = {"home": home, "source": SOURCE, "admin_token": TOKEN, "watch": False, "flush_interval_s": 60.0, "log_process": False,
+                  "precompute_process": False}
         values.update(overrides)
         client = TestClient(create_app(ServiceConfig(**values)))
         client.__enter__()

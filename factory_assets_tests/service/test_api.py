@@ -217,3 +217,36 @@ def test_batch_scoring_equals_top_k_of_the_blend_model():
             want = expected(model, user, k)
             assert rec.item_ids == [i for i, _ in want]
             np.testing.assert_allclose(rec.scores, [s for _, s in want], rtol=1e-12)
+
+
+@pytest.mark.parametrize("query", ["", "k=3", "k=8&exclude_purchased=true", "exclude_purchased=false&k=1", f"k={MAX_K}"])
+@pytest.mark.parametrize("user", ["u0", "u5", "someone-new", "é" * 128])
+def test_fast_path_answers_byte_for_byte_as_the_fastapi_route(home, make_client, query, user):
+    publish(home, hand_model(), 1)
+    client = make_client()
+    fast = client.get(f"/recommendations/{user}?{query}")
+    routed = client.get(f"/recommendations/{user}?{query}{'&' if query else ''}unrelated=1")  # FastAPI: ignores it
+    assert fast.status_code == routed.status_code == 200
+    assert fast.content == routed.content
+    assert {k: fast.headers[k] for k in ("content-type", "content-length")} == {k: routed.headers[k] for k in ("content-type", "content-length")}
+    assert 'route="/recommendations/{user_id}",status="200"} 2' in client.get("/metrics").text
+
+
+def test_fast_path_takes_only_plainly_valid_requests():
+    from factory_assets.service.app import _FastRecommend
+
+    def parse(path: str, query: bytes = b"", method: str = "GET"):
+        return _FastRecommend.parse({"method": method, "path": path, "query_string": query, "root_path": ""})
+
+    assert parse("/recommendations/u0") == ("u0", 10, None)
+    assert parse("/recommendations/u0", b"k=7&exclude_purchased=true") == ("u0", 7, True)
+    assert parse("/recommendations/u0", b"exclude_purchased=false") == ("u0", 10, False)
+    assert parse("/recommendations/u0", f"k={MAX_K}".encode()) == ("u0", MAX_K, None)
+    for path, query in [("/recommendations/u0", b"k=0"), ("/recommendations/u0", f"k={MAX_K + 1}".encode()),
+                        ("/recommendations/u0", b"k=07"), ("/recommendations/u0", b"k=-1"), ("/recommendations/u0", b"k=1&k=2"),
+                        ("/recommendations/u0", b"k"), ("/recommendations/u0", b"exclude_purchased=True"),
+                        ("/recommendations/u0", b"other=1"), ("/recommendations/u0", b"k=%31"), ("/recommendations/", b""),
+                        ("/recommendations/a/b", b""), ("/recommendations/" + "x" * 129, b""), ("/recommendations/tab\tid", b""),
+                        ("/recommendationsX/u0", b""), ("/metrics", b"")]:
+        assert parse(path, query) is None, (path, query)
+    assert parse("/recommendations/u0", method="HEAD") is None

@@ -23,3 +23,13 @@ def test_a_ranker_champion_is_served_with_its_own_scores(home_copy):
     [answer] = served.recommend([str(model.user_ids[0])], 10)
     expected = np.argsort(-model.scores(np.array([0]))[0], kind="stable")[:10]
     assert answer.item_ids == [str(model.item_ids[j]) for j in expected] and not answer.fallback
+    # the precomputed lists are exactly the model's scores of all its users, for any k and with exclusions
+    from factory_assets_tests.service.test_ranker_precompute import direct_top
+
+    full = model.scores(np.arange(len(model.user_ids)))
+    users = [str(u) for u in model.user_ids[:40]] + ["nobody"]
+    for k in (10, len(model.item_ids) + 5):
+        for exclude in (False, True):
+            for user, rec in zip(users, served.recommend(users, k, exclude)):
+                row = int(model.user_rows([user])[0])
+                assert (rec.item_ids, rec.scores) == direct_top(model, full, row, k, set(), exclude), (user, k, exclude)

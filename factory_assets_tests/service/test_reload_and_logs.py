@@ -143,12 +143,20 @@ def test_shadow_lists_are_logged_for_the_same_requests(home, make_client):
 def test_served_log_is_flushed_on_shutdown_in_batches(home, make_client):
     publish(home, hand_model(), 1)
     client = make_client(clock=lambda: FIXED, flush_rows=10)
-    for i in range(6):
+    served = serving_log.log_directory(home / SOURCE)
+    for i in range(3):  # 15 rows >= flush_rows: written by the log thread at its next wake-up
         client.get(f"/recommendations/u{i}", params={"k": 5})
+    deadline = time.monotonic() + 10
+    while not list(served.glob("served_*.parquet")):
+        assert time.monotonic() < deadline, "the log thread did not write a full batch"
+        time.sleep(0.01)
+    for i in range(3, 5):  # 10 more rows: may be written at the next wake-up or at shutdown
+        client.get(f"/recommendations/u{i}", params={"k": 5})
+    client.get("/recommendations/u5", params={"k": 5})
     client.__exit__(None, None, None)  # lifespan shutdown flushes what is left
-    files = sorted(serving_log.log_directory(home / SOURCE).glob("served_*.parquet"))
+    files = sorted(served.glob("served_*.parquet"))
     assert len(files) >= 2  # batches of >= 10 rows, the rest at shutdown
-    assert len(serving_log.read_log(serving_log.log_directory(home / SOURCE), DAY)) == 30
+    assert len(serving_log.read_log(served, DAY)) == 30
 
 
 @pytest.mark.parametrize("log_process", [False, True], ids=["in-thread", "child-process"])
