@@ -7,6 +7,8 @@ timestamps so the same model always gives the same bytes (and the same sha256). 
 
 from __future__ import annotations
 
+import dataclasses
+
 import hashlib
 import io
 import json
@@ -167,8 +169,22 @@ def model_from_arrays(arrays: dict[str, np.ndarray]) -> BlendModel:
         history=history,
         popularity=arrays["popularity"],
         als_weight=float(arrays["als_weight"][0]),
-        params=ModelParams(**params),
+        params=_params(params),
     )
+
+
+def _params(params: dict) -> ModelParams:
+    """``ModelParams`` of a stored artefact.
+
+    Raises:
+        ArtefactIntegrityError: when the artefact names parameters this code does not know (written by another
+            code version): its scores could mean something else here, so it is refused like a bad digest.
+    """
+    known = {f.name for f in dataclasses.fields(ModelParams)}
+    unknown = sorted(set(params) - known)
+    if unknown:
+        raise ArtefactIntegrityError(f"artefact parameters unknown to this code version: {unknown}")
+    return ModelParams(**params)
 
 
 def save_model(model: BlendModel, directory: Path) -> tuple[Path, str]:

@@ -170,12 +170,11 @@ def fit_model(train: pd.DataFrame, as_of: date, params: ModelParams, als_weight:
 
     decay = recency_decay(train["day"], as_of, params.half_life_days)
     decay = decay * regime_weights(train["day"], as_of, params)
-    frame = train.assign(
-        confidence=np.log1p(train["weight"].to_numpy(dtype=np.float64) * decay),
-        history=train["n_conversions"].to_numpy(dtype=np.float64) * decay,
-    )
-    conf = Interactions.from_frame(frame, "confidence")
-    hist = Interactions.from_frame(frame, "history", conf.user_ids, conf.item_ids)
+    matrices = Interactions.many(train, {
+        "confidence": np.log1p(train["weight"].to_numpy(dtype=np.float64) * decay),
+        "history": train["n_conversions"].to_numpy(dtype=np.float64) * decay,
+    })
+    conf, hist = matrices["confidence"], matrices["history"]
     als = implicit.als.AlternatingLeastSquares(
         factors=params.factors,
         regularization=params.regularization,

@@ -360,6 +360,7 @@ def train_ranker(slices: list[LabelSlice], params: ModelParams) -> RankerFit:
     in_half_a = set(all_users[rng.permutation(len(all_users))[: len(all_users) // 2]].tolist())
     trace: list[dict] = []
     best = None
+    search = len(c_grid) > 1 or len(configs) > 1  # only a search scores the dense candidate matrices
     for config in configs:
         p = replace(params, **config)
         parts = []
@@ -367,14 +368,13 @@ def train_ranker(slices: list[LabelSlice], params: ModelParams) -> RankerFit:
             model, sources = fit_base(sl.rows, sl.as_of, p)
             col = {item: j for j, item in enumerate(model.item_ids.tolist())}
             truth = [{col[i] for i in items if i in col} for items in sl.label_items]
-            ex = build_examples(model, sources, sl.label_users, truth, p.n_candidates)
+            ex = build_examples(model, sources, sl.label_users, truth, p.n_candidates, keep_dense=search)
             a_users = np.array([u in in_half_a for u in np.asarray(sl.label_users, dtype=str).tolist()], dtype=bool)
             parts.append((ex, a_users, len(model.item_ids)))
         x = np.concatenate([ex.x for ex, _, _ in parts])
         y = np.concatenate([ex.y for ex, _, _ in parts])
         in_a = np.concatenate([a[ex.group] if len(ex.group) else np.zeros(0, bool) for ex, a, _ in parts])
         w = _user_weights(parts) if p.ranker_user_weighting else None
-        search = len(c_grid) > 1 or len(configs) > 1
         for c in c_grid:
             linear = fit_trees(x[in_a], y[in_a], p) if p.ranker_kind == "trees" else fit_linear(x[in_a], y[in_a], c, p.seed, None if w is None else w[in_a])
             score, n_b = float("nan"), 0

@@ -194,3 +194,13 @@ def test_load_manifest_model_refuses_manifest_pointing_at_other_bytes(model, tmp
     other.write_bytes(artefact.manifest_bytes(edited))
     with pytest.raises(ArtefactIntegrityError):
         artefact.load_manifest_model(other, "served")
+
+
+def test_an_artefact_with_parameters_unknown_to_this_code_is_refused(model):
+    arrays = artefact.model_arrays(model)
+    params = json.loads(str(arrays["params_json"][0])) | {"scoring_mode_of_the_future": "x"}
+    arrays["params_json"] = np.asarray([json.dumps(params)])
+    with pytest.raises(ArtefactIntegrityError, match="scoring_mode_of_the_future"):
+        artefact.model_from_arrays(arrays)
+    # the unchanged arrays still load
+    assert artefact.model_from_arrays(artefact.model_arrays(model)).params == model.params
