@@ -103,15 +103,16 @@ def test_plot_is_a_png_and_the_report_lands_as_asset_metadata(tmp_path):
 @pytest.mark.slow
 def test_a_small_demo_runs_the_factory_reweights_after_drift_and_scores_three_models(tmp_path):
     options = tuple((k, v) for k, v in SMALL_SHOP.items() if k not in ("shift_date",))
-    config = demo.DemoConfig(strength=3.0, start=date(2024, 10, 1), end=date(2024, 11, 1),
-                             shift_date=date(2024, 10, 30), simulator=options)
+    config = demo.DemoConfig(strength=3.0, start=date(2024, 10, 1), end=date(2024, 10, 30),
+                             shift_date=date(2024, 10, 29), simulator=options)
     result = demo.run_strength(tmp_path, config)
     days = result["days"]
-    # trainings 10-28 .. 10-31 serve 10-29 .. 11-01 (the last training, 11-01, serves a day outside the range)
-    assert [r["date"] for r in days] == ["2024-10-29", "2024-10-30", "2024-10-31", "2024-11-01"]
-    assert days[0]["static"] is None and all(r["static"] is not None for r in days[1:])
-    assert {r["static"]["model_version"] for r in days[1:]} == {days[1]["factory"]["model_version"]}
-    assert days[1]["drift"]["drifted"], days[1]["drift"]  # the shift day's categories move (PSI ~0.9)
+    # trainings 10-28 .. 10-30 serve 10-29 .. 10-31; the range ends on 10-30
+    assert [r["date"] for r in days] == ["2024-10-29", "2024-10-30"]
+    static, first, second = days[0]["static"], days[0]["factory"], days[1]["factory"]
+    assert static["model_version"] == first["model_version"] == days[1]["static"]["model_version"]  # frozen at the shift
+    assert second["model_version"] > first["model_version"] and days[1]["promoted"]
+    assert days[0]["drift"]["drifted"], days[0]["drift"]  # the shift day's categories move
     # the oracle is the ceiling on average (day by day a model can be lucky)
     assert np.mean([r["oracle"]["hit_rate_at_10"] for r in days]) > np.mean([r["factory"]["hit_rate_at_10"] for r in days])
     # the candidate trained after the shift day down-weights the days before it
@@ -125,7 +126,7 @@ def test_a_small_demo_runs_the_factory_reweights_after_drift_and_scores_three_mo
                   for r in registry.versions(con).itertuples()}
     finally:
         con.close()
-    assert read_manifest(by_day["2024-10-29"])["params"]["regime_start"] is None
-    assert read_manifest(by_day["2024-10-31"])["params"]["regime_start"] == "2024-10-30"
+    assert read_manifest(by_day["2024-10-28"])["params"]["regime_start"] is None
+    assert read_manifest(by_day["2024-10-29"])["params"]["regime_start"] == "2024-10-29"
     for kind in ("json", "csv", "png"):
         assert (tmp_path / "demo" / f"adaptation-3.{kind}").exists()
