@@ -15,7 +15,7 @@ chosen source travels as run config, so no run depends on this shell's environme
 With ``--json`` standard output is exactly one JSON document (logs go to standard error)::
 
     {"source", "warehouse", "dagster_home", "range": {"start", "end"},
-     "served_model": {"version", "sha256", "path"} | null,
+     "served_model": {"version", "sha256", "path", "partition_day"} | null,
      "evaluation": {"model": {...}, "baselines": {"popularity": {...}, "repeat": {...}}, "references": {...},
                     "segments": [...]},
      "checks": [{"name", "passed", "reason"}],
@@ -23,7 +23,8 @@ With ``--json`` standard output is exactly one JSON document (logs go to standar
      "registry": {"versions", "promotions"}, "runs": [{"job", "partition", "run_id", "success"}],
      "elapsed_s"}
 
-``evaluation`` and ``checks`` describe the last day's candidate; ``served_model`` is the champion at the end.
+``evaluation`` and ``checks`` describe the last day's candidate; ``served_model`` (with ``partition_day``) is
+the champion at the end.  A refused input prints ``{"error": "..."}`` instead (exit status 2).
 """
 
 from __future__ import annotations
@@ -135,7 +136,12 @@ def run(args: argparse.Namespace, simulator: dict | None = None, candidate: dict
         return result.success
 
     for day in days:
-        execute(INGEST_JOB, day)
+        if not execute(INGEST_JOB, day):
+            # every later window would hold this hole, and a permanent source error (a wrong file) fails every
+            # day alike: stop here rather than fail each remaining day one by one
+            log.error("stopping: daily_ingest %s failed (run %s); later days and training not run", day, runs[-1]["run_id"])
+            train_days = []
+            break
     for day in train_days:
         execute(TRAINING_JOB, day)
 
@@ -188,14 +194,18 @@ def _print_human(summary: dict) -> None:
     print(f"  served model: {'none' if served is None else 'v' + str(served['version']) + ' ' + served['path']}", file=out)
     print(f"  registry: {summary['registry']['versions']} versions, {summary['registry']['promotions']} promotions", file=out)
     print(f"  warehouse: {summary['warehouse']}", file=out)
-    print(f"  Dagster UI: ./dev ui   (DAGSTER_HOME={summary['dagster_home']})", file=out)
+    home = Path(summary["warehouse"]).parents[1]
+    hint = "./dev ui" if home == (Path.cwd() / ".factory_home").resolve() else f"FACTORY_HOME={home} ./dev ui"
+    print(f"  Dagster UI: {hint}   (DAGSTER_HOME={summary['dagster_home']})", file=out)
 
 
 def _strengths(text: str | None) -> list[float]:
     from factory_assets.demo import DEFAULT_STRENGTH
 
-    if not text:
+    if text is None:
         return [DEFAULT_STRENGTH]
+    if not text.strip():
+        raise SystemExit("factory: --strengths is empty; give one or more strengths, e.g. 0.75,1.5,3")
     try:
         values = [float(part) for part in text.split(",") if part.strip()]
     except ValueError:
@@ -238,7 +248,9 @@ def demo(args: argparse.Namespace) -> int:
 def dev(extra: list[str]) -> int:
     """Seed the instance under FACTORY_HOME and exec ``dagster dev`` on it."""
     settings.dagster_home()
-    os.execvp("dagster", ["dagster", "dev", *extra])
+    beside = Path(sys.executable).with_name("dagster")  # the venv's own, whether or not it is on PATH
+    program = str(beside) if beside.exists() else "dagster"
+    os.execvp(program, [program, "dev", *extra])
     return 0  # pragma: no cover - exec does not return
 
 
@@ -268,6 +280,10 @@ def main(argv: list[str] | None = None) -> int:
     from factory_assets.service import cli as service_cli
 
     service_cli.add_parser(sub)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["dev"]:  # everything after `dev` is dagster dev's (argparse would refuse a leading option)
+        logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
+        return dev(argv[1:])
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
     if args.command == "dev":
@@ -278,7 +294,15 @@ def main(argv: list[str] | None = None) -> int:
         return service_cli.main(args)
     if args.command == "demo":
         return demo(args)
-    summary = run(args)
+    try:
+        summary = run(args)
+    except SystemExit as exc:  # a refused input: with --json, stdout still carries exactly one document
+        if args.json and isinstance(exc.code, str):
+            json.dump({"error": exc.code}, sys.stdout)
+            sys.stdout.write("\n")
+            print(exc.code, file=sys.stderr)
+            return 2
+        raise
     if args.json:
         json.dump(summary, sys.stdout, indent=2, default=str)
         sys.stdout.write("\n")

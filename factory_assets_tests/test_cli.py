@@ -39,6 +39,31 @@ def test_bad_ranges_and_sources_are_refused_with_a_clear_message(argv, message):
     assert message in str(exc.value)
 
 
+def test_with_json_a_refused_input_is_still_one_document_on_stdout(capsys):
+    assert cli.main(["run", "--json", "--start", "2024-11-02", "--end", "2024-11-01"]) == 2
+    out, err = capsys.readouterr()
+    assert json.loads(out) == {"error": "factory: --start 2024-11-02 is after --end 2024-11-01"}
+    assert "is after --end" in err
+
+
+@pytest.mark.parametrize(("text", "message"), [("", "is empty"), ("abc", "not a comma-separated"), ("99", "in 0..10")])
+def test_demo_refuses_bad_strengths_before_running_anything(text, message):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["demo", "--strengths", text])
+    assert message in str(exc.value)
+
+
+def test_factory_run_stops_at_the_first_failed_ingest_day(tmp_path, capsys):
+    bad = tmp_path / "movies.csv"  # a MovieLens file without ratings: every day would fail alike
+    bad.write_text("movieId,title,genres\n1,Toy Story (1995),Animation\n", encoding="utf-8")
+    args = ["run", "--json", "--source", "movielens", "--path", str(bad), "--start", "2018-01-01", "--end", "2018-12-31",
+            "--home", str(tmp_path / "h")]
+    assert cli.main(args) == 1
+    summary = json.loads(capsys.readouterr().out)
+    assert [(r["job"], r["partition"], r["success"]) for r in summary["runs"]] == [("daily_ingest", "2018-01-01", False)]
+    assert summary["served_model"] is None and summary["trained"] == []
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_factory_run_json_prints_one_document_and_serves_a_model(tmp_path):

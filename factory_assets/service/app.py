@@ -60,7 +60,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pandas as pd
-from fastapi import FastAPI, Query, Request
+from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, Field
@@ -701,25 +701,23 @@ def create_app(config: ServiceConfig | None = None) -> FastAPI:
             return False
         return hmac.compare_digest(given.strip().encode(), token.encode())
 
-    def unauthorised() -> JSONResponse:
-        resp = _error(401, "unauthorized", "admin calls need 'Authorization: Bearer <FACTORY_ADMIN_TOKEN>'")
-        resp.headers["WWW-Authenticate"] = "Bearer"
-        return resp
+    def admin_guard(request: Request) -> None:
+        """Route dependency: runs before the body is validated, so a caller without the token learns nothing
+        about the body (401, never 422)."""
+        if not authorised(request):
+            raise StarletteHTTPException(401, "admin calls need 'Authorization: Bearer <FACTORY_ADMIN_TOKEN>'",
+                                         headers={"WWW-Authenticate": "Bearer"})
 
-    @app.post("/admin/reload", tags=["admin"])
+    @app.post("/admin/reload", tags=["admin"], dependencies=[Depends(admin_guard)])
     def admin_reload(request: Request):
         """Re-read and verify both aliases now; 409 when the champion alias is refused (old keeps serving)."""
-        if not authorised(request):
-            return unauthorised()
         result = service.watcher.check(force=True)
         status = 409 if result.get(registry.CHAMPION, {}).get("error") else 200
         return JSONResponse({"reload": result}, status_code=status)
 
-    @app.post("/admin/rollback", tags=["admin"])
+    @app.post("/admin/rollback", tags=["admin"], dependencies=[Depends(admin_guard)])
     def admin_rollback(request: Request, body: RollbackRequest):
         """Roll the registry back (previous eligible champion or ``to_version``), then reload."""
-        if not authorised(request):
-            return unauthorised()
         from factory_assets.registry.cli import CommandError, rollback_champion
 
         try:

@@ -168,9 +168,12 @@ def test_not_ready_without_a_champion_then_ready_after_reload(home, make_client)
 def test_admin_calls_need_the_token(home, make_client, headers):
     publish(home, hand_model(), 1)
     client = make_client()
-    for path, body in (("/admin/reload", None), ("/admin/rollback", {"reason": "x"})):
+    # a missing or invalid body is not looked at before the token: 401, never 422
+    for path, body in (("/admin/reload", None), ("/admin/rollback", {"reason": "x"}), ("/admin/rollback", None),
+                       ("/admin/rollback", {"to_version": "not a number"})):
         r = client.post(path, json=body, headers=headers)
-        assert r.status_code == 401 and r.json()["error"] == "unauthorized"
+        assert r.status_code == 401 and r.json()["error"] == "unauthorized", (path, body, r.text)
+        assert r.headers["WWW-Authenticate"] == "Bearer"
 
 
 def test_no_token_configured_refuses_every_admin_call(home, make_client):
