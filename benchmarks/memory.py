@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -32,6 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as c  # noqa: E402
+from service_latency import free_port, server_rss_mib, wait_ready  # noqa: E402  (the latency benchmark's helpers)
 
 CYCLE_TARGET_MIB = 2048
 SERVICE_TARGET_MIB = 500
@@ -55,21 +55,6 @@ def cycle_rss_from(path: Path, events: int) -> dict | None:
             return {"events_per_day": events, "seconds": r["in_process"]["median_s"], "candidate": r.get("candidate"),
                     "peak_rss_mib": r["in_process"]["peak_rss_self_mib"], "source": f"{path} (factory_overhead)"}
     return None
-
-
-def _status(pid: int) -> dict:
-    out = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(("VmHWM", "VmRSS")):
-            key, value = line.split(":", 1)
-            out[key] = int(value.split()[0]) / 1024  # kB -> MiB
-    return out
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
@@ -114,7 +99,7 @@ def service_rss(or_path: Path, home: Path, n_requests: int) -> dict:
                                        [OR_RANGE[0], n_requests]).fetchall()]
     con.close()
     users += [f"unknown-{i}" for i in range(max(1, n_requests // 10))]
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "FACTORY_HOME": str(home)}
     env.pop("DAGSTER_HOME", None)
     server = subprocess.Popen([str(Path(c.PYTHON).parent / "factory"), "serve", "--home", str(home), "--source", "online_retail",
@@ -122,25 +107,13 @@ def service_rss(or_path: Path, home: Path, n_requests: int) -> dict:
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     base = f"http://127.0.0.1:{port}"
     try:
-        t = time.perf_counter()
-        while True:
-            if server.poll() is not None:
-                raise RuntimeError(f"factory serve exited {server.returncode}: {server.stderr.read().decode()[-2000:]}")
-            try:
-                if _get(f"{base}/readyz", 1)[0] == 200:
-                    break
-            except OSError:
-                pass
-            if time.perf_counter() - t > 120:
-                raise RuntimeError("factory serve not ready after 120 s (does the champion load with this code?)")
-            time.sleep(0.3)
-        ready_s = time.perf_counter() - t
-        after_load = _status(server.pid)
+        ready_s = wait_ready(base, server)
+        after_load = server_rss_mib(server.pid)
         statuses = {}
         for u in users:
             code = _get(f"{base}/recommendations/{u}")[0]
             statuses[code] = statuses.get(code, 0) + 1
-        after = _status(server.pid)
+        after = server_rss_mib(server.pid)
     finally:
         server.terminate()
         try:
@@ -148,7 +121,8 @@ def service_rss(or_path: Path, home: Path, n_requests: int) -> dict:
         except subprocess.TimeoutExpired:
             server.kill()
     return {"champion": info, "ready_s": round(ready_s, 2), "requests": len(users), "statuses": statuses,
-            "rss_after_load_mib": after_load.get("VmRSS"), "rss_mib": after.get("VmRSS"), "peak_rss_mib": after.get("VmHWM")}
+            "rss_after_load_mib": after_load.get("rss_mib"), "rss_mib": after.get("rss_mib"),
+            "peak_rss_mib": after.get("peak_rss_mib")}
 
 
 def main(argv: list[str] | None = None) -> int:

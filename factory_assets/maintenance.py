@@ -51,6 +51,11 @@ def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
         con.execute(statement)
 
 
+def _ident(name: str) -> str:
+    """A quoted SQL identifier (table and column names are module constants; values are always parameters)."""
+    return '"' + name.replace('"', '""') + '"'
+
+
 def apply_retention(con: duckdb.DuckDBPyConnection, today: date, retention_days: int) -> dict:
     """Drop every day before ``today - retention_days`` from raw data and feature views, in one transaction.
 
@@ -66,15 +71,13 @@ def apply_retention(con: duckdb.DuckDBPyConnection, today: date, retention_days:
     con.execute("BEGIN TRANSACTION")
     try:
         days = [r[0] for r in con.execute(
-            f"SELECT DISTINCT partition_day FROM {LEDGER} WHERE asset = ? AND partition_day < ? ORDER BY 1", [RAW_EVENTS, cutoff]
+            f"SELECT DISTINCT partition_day FROM {_ident(LEDGER)} WHERE asset = ? AND partition_day < ? ORDER BY 1",
+            [RAW_EVENTS, cutoff],
         ).fetchall()]
-        rows = con.execute(f"SELECT count(*) FROM {RAW_EVENTS} WHERE partition_day < ?", [cutoff]).fetchone()[0]
-        con.execute(f"DELETE FROM {RAW_EVENTS} WHERE partition_day < ?", [cutoff])
-        con.execute(f"DELETE FROM {QUARANTINE} WHERE partition_day < ?", [cutoff])
-        con.execute(f"DELETE FROM {INGESTION_LOG} WHERE partition_day < ?", [cutoff])
-        for table, column in FEATURE_TABLES.items():
-            con.execute(f"DELETE FROM {table} WHERE {column} < ?", [cutoff])
-        con.execute(f"DELETE FROM {LEDGER} WHERE partition_day < ?", [cutoff])
+        rows = con.execute(f"SELECT count(*) FROM {_ident(RAW_EVENTS)} WHERE partition_day < ?", [cutoff]).fetchone()[0]
+        for table, column in {RAW_EVENTS: "partition_day", QUARANTINE: "partition_day", INGESTION_LOG: "partition_day",
+                              **FEATURE_TABLES, LEDGER: "partition_day"}.items():
+            con.execute(f"DELETE FROM {_ident(table)} WHERE {_ident(column)} < ?", [cutoff])
         summary = {
             "cutoff": cutoff.isoformat(),
             "days_dropped": len(days),
