@@ -287,9 +287,45 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["dev"]:  # everything after `dev` is dagster dev's (argparse would refuse a leading option)
         logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
+        try:
+            check_settings()
+        except settings.SettingsError as exc:
+            print(f"factory: {exc}", file=sys.stderr)
+            return 2
         return dev(argv[1:])
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
+    try:
+        return _dispatch(args)
+    except settings.SettingsError as exc:  # a bad FACTORY_* variable: one line, not a traceback
+        message = f"factory: {exc}"
+        if getattr(args, "json", False):
+            json.dump({"error": message}, sys.stdout)
+            sys.stdout.write("\n")
+        print(message, file=sys.stderr)
+        return 2
+
+
+def check_settings() -> None:
+    """Read every ``FACTORY_*`` setting once, so a bad value stops a command before it starts any run.
+
+    Raises:
+        settings.SettingsError: naming the variable and its value.
+    """
+    settings.source_name()
+    settings.partition_start()
+    settings.window_days()
+    settings.history_days()
+    settings.executor_name()
+    settings.als_gpu()
+
+
+def _dispatch(args) -> int:
+    from factory_assets.registry import cli as models_cli
+    from factory_assets.service import cli as service_cli
+
+    if args.command in ("run", "demo", "dev"):
+        check_settings()
     if args.command == "dev":
         return dev(args.extra)
     if args.command == "models":

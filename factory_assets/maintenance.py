@@ -158,7 +158,8 @@ def stale_inputs(con: duckdb.DuckDBPyConnection, manifest: dict) -> list[dict]:
         ``[{"asset", "partition", "trained_on", "now"}]`` (``now`` is None for a deleted partition); empty
         when the model is up to date with its inputs.
     """
-    inputs = pd.DataFrame(manifest["window"]["inputs"])
+    inputs = pd.DataFrame(manifest["window"]["inputs"] + ((manifest.get("history") or {}).get("inputs") or []))
+    inputs = inputs.drop_duplicates(["asset", "partition"]) if not inputs.empty else inputs
     if inputs.empty:
         return []
     current = con.execute(f"SELECT asset, partition_day, data_version FROM {LEDGER}").df()

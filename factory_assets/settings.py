@@ -9,6 +9,8 @@ Environment variables (all optional):
 ``FACTORY_PARTITION_START`` first daily partition, ISO date (default 1996-01-01: MovieLens starts
                            1996-03-29, Online Retail II 2009-12-01)
 ``FACTORY_WINDOW_DAYS``    rolling training window in days (default: the source's own setting)
+``FACTORY_HISTORY_DAYS``   days of purchase history the learned ranker reads as of each fit, beyond
+                           the window where partitions exist (default: the source's own; 0 = off)
 ``DAGSTER_HOME``           the Dagster instance (default ``$FACTORY_HOME/dagster``)
 ``FACTORY_EXECUTOR``       ``in_process`` (default), ``multiprocess``, ``celery`` or ``k8s``
                            (see :mod:`factory_assets.executors`; read when definitions load)
@@ -31,11 +33,19 @@ from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
+class SettingsError(ValueError):
+    """A factory environment variable has a value the factory cannot use (the message names it)."""
+
+
 DEFAULT_HOME = ".factory_home"
 DEFAULT_SOURCE = "simulator"
 DEFAULT_PARTITION_START = "1996-01-01"
 SOURCE_NAMES: tuple[str, ...] = ("simulator", "online_retail", "movielens", "folder")
 SOURCE_WINDOW_DAYS: dict[str, int] = {"simulator": 28, "online_retail": 28, "movielens": 365, "folder": 28}
+# Long purchase history for the ranker (recsys.candidates.long_history): on for the wholesale log, whose
+# customers re-order on cycles longer than the window; off where the window already covers it (MovieLens) or
+# where old behaviour should fade fast (the simulator's preference shifts).
+SOURCE_HISTORY_DAYS: dict[str, int] = {"simulator": 0, "online_retail": 90, "movielens": 0, "folder": 0}
 HOLDOUT_DAYS = 7
 
 # The project's instance configuration (pools, telemetry), copied into a fresh Dagster home.
@@ -51,11 +61,11 @@ def source_name() -> str:
     """The default source, from ``FACTORY_SOURCE``.
 
     Raises:
-        ValueError: for an unknown name (the message lists the known ones).
+        SettingsError (a ValueError): for an unknown name (the message lists the known ones).
     """
     name = os.environ.get("FACTORY_SOURCE", DEFAULT_SOURCE)
     if name not in SOURCE_NAMES:
-        raise ValueError(f"FACTORY_SOURCE={name!r} is not one of {', '.join(SOURCE_NAMES)}")
+        raise SettingsError(f"FACTORY_SOURCE={name!r} is not one of {', '.join(SOURCE_NAMES)}")
     return name
 
 
@@ -72,11 +82,11 @@ def executor_name() -> str:
     """The code location's executor, from ``FACTORY_EXECUTOR`` (default ``in_process``).
 
     Raises:
-        ValueError: for an unknown name (the message lists the known ones).
+        SettingsError (a ValueError): for an unknown name (the message lists the known ones).
     """
     name = os.environ.get("FACTORY_EXECUTOR", DEFAULT_EXECUTOR).strip() or DEFAULT_EXECUTOR
     if name not in EXECUTOR_NAMES:
-        raise ValueError(f"FACTORY_EXECUTOR={name!r} is not one of {', '.join(EXECUTOR_NAMES)}")
+        raise SettingsError(f"FACTORY_EXECUTOR={name!r} is not one of {', '.join(EXECUTOR_NAMES)}")
     return name
 
 
@@ -90,18 +100,18 @@ def als_gpu() -> bool:
     retrain; the choice is recorded as ``use_gpu`` in every manifest.
 
     Raises:
-        ValueError: for an unknown mode.
-        RuntimeError: ``on`` while implicit was built without CUDA (the PyPI wheels are CPU-only).
+        SettingsError (a ValueError): for an unknown mode.
+        SettingsError: ``on`` while implicit was built without CUDA (the PyPI wheels are CPU-only).
     """
     mode = os.environ.get("FACTORY_ALS_GPU", "off").strip().lower() or "off"
     if mode not in ALS_GPU_MODES:
-        raise ValueError(f"FACTORY_ALS_GPU={mode!r} is not one of {', '.join(ALS_GPU_MODES)}")
+        raise SettingsError(f"FACTORY_ALS_GPU={mode!r} is not one of {', '.join(ALS_GPU_MODES)}")
     if mode == "off":
         return False
     import implicit.gpu
 
     if mode == "on" and not implicit.gpu.HAS_CUDA:
-        raise RuntimeError("FACTORY_ALS_GPU=on but implicit was built without CUDA (pip wheels are CPU-only)")
+        raise SettingsError("FACTORY_ALS_GPU=on but implicit was built without CUDA (pip wheels are CPU-only)")
     return bool(implicit.gpu.HAS_CUDA)
 
 
@@ -109,13 +119,13 @@ def partition_start() -> str:
     """First daily partition key (ISO date), from ``FACTORY_PARTITION_START``.
 
     Raises:
-        ValueError: if it is not an ISO ``YYYY-MM-DD`` date.
+        SettingsError (a ValueError): if it is not an ISO ``YYYY-MM-DD`` date.
     """
     raw = os.environ.get("FACTORY_PARTITION_START", DEFAULT_PARTITION_START)
     try:
         return date.fromisoformat(raw).isoformat()
     except ValueError as exc:
-        raise ValueError(f"FACTORY_PARTITION_START={raw!r} is not an ISO date (YYYY-MM-DD)") from exc
+        raise SettingsError(f"FACTORY_PARTITION_START={raw!r} is not an ISO date (YYYY-MM-DD)") from exc
 
 
 def window_days(source: str | None = None) -> int:
@@ -124,11 +134,34 @@ def window_days(source: str | None = None) -> int:
     The window is part of the asset graph (a partition mapping), so it is read when definitions load.
     """
     if "FACTORY_WINDOW_DAYS" in os.environ:
-        days = int(os.environ["FACTORY_WINDOW_DAYS"])
+        raw = os.environ["FACTORY_WINDOW_DAYS"]
+        try:
+            days = int(raw)
+        except ValueError as exc:
+            raise SettingsError(f"FACTORY_WINDOW_DAYS={raw!r} is not a whole number of days") from exc
+        if days <= HOLDOUT_DAYS + 7:
+            raise SettingsError(f"FACTORY_WINDOW_DAYS={raw!r}: the training window must be longer than "
+                                f"{HOLDOUT_DAYS + 7} days (a {HOLDOUT_DAYS}-day test and a week to train on)")
     else:
         days = SOURCE_WINDOW_DAYS[source or source_name()]
-    if days <= HOLDOUT_DAYS + 7:
-        raise ValueError(f"the training window must be longer than {HOLDOUT_DAYS + 7} days, got {days}")
+    return days
+
+
+def history_days(source: str | None = None) -> int:
+    """Days of purchase history (as of each fit) for the ranker: ``FACTORY_HISTORY_DAYS`` or the source's own.
+
+    Raises:
+        SettingsError (a ValueError): if ``FACTORY_HISTORY_DAYS`` is not a non-negative integer.
+    """
+    raw = os.environ.get("FACTORY_HISTORY_DAYS")
+    if raw is None or not raw.strip():
+        return SOURCE_HISTORY_DAYS[source or source_name()]
+    try:
+        days = int(raw)
+    except ValueError:
+        days = -1
+    if days < 0:
+        raise SettingsError(f"FACTORY_HISTORY_DAYS={raw!r} is not a whole number of days >= 0")
     return days
 
 

@@ -5,7 +5,9 @@ Steps (no test day is ever used for fitting or tuning):
 1. split the window into train (first days) and test (last ``holdout_days``);
 2. tune on the train days only: the learned ranker (``recsys.ranker``, default ``model_kind="ranker"``) is
    trained and searched on slices of the train days (features before labels in each), the blend's ALS
-   weight on an inner split; a ranker with no labelled slice falls back to the blend;
+   weight on an inner split; a ranker with no labelled slice falls back to the blend; with
+   ``params.history_days`` the ranker also reads each user's purchases of that many days before every fit's
+   as-of day (``recsys.candidates.long_history``), point-in-time like everything else;
 3. fit the evaluation model on the train days and score it, both baselines and the plain-ALS reference on
    the same users (see ``recsys.evaluation``), with the beyond-accuracy report of the candidate's and the
    baselines' lists (concentration, repeat vs new items, activity segments: ``recsys.report``);
@@ -98,8 +100,15 @@ class CandidateResult:
         }
 
 
-def train_candidate(window: pd.DataFrame, bounds: tuple[date, date], holdout_days: int, params: ModelParams) -> CandidateResult:
+def train_candidate(window: pd.DataFrame, bounds: tuple[date, date], holdout_days: int, params: ModelParams,
+                    history: pd.DataFrame | None = None) -> CandidateResult:
     """Train, evaluate and refit one candidate on ``window`` (``user_item_daily`` rows of ``bounds``).
+
+    ``history``: converting ``user_item_daily`` rows of the days up to ``bounds[1]``
+    (``features.retrieval.purchase_history``), read by a ranker with ``params.history_days > 0``: every fit
+    takes only the ``history_days`` days ending its own as-of day (label slices, the evaluation model on the
+    train days, the served model), so no test day reaches the evaluation model.  The plain-ALS reference and,
+    with a history, ``repeat_history`` (the repeat baseline over the same long history) are in ``references``.
 
     Raises:
         ValueError: if the training days hold no interactions, or no user converted in both train and
@@ -114,7 +123,7 @@ def train_candidate(window: pd.DataFrame, bounds: tuple[date, date], holdout_day
             f"no user converted both in {split.train_days[0]}..{split.train_days[1]} and in "
             f"{split.test_days[0]}..{split.test_days[1]}: nothing to evaluate"
         )
-    ranked = _train_ranker(window, bounds, split, holdout_days, params) if params.model_kind == "ranker" else None
+    ranked = _train_ranker(window, bounds, split, holdout_days, params, history) if params.model_kind == "ranker" else None
     if ranked is not None:
         tuning, eval_model, served = ranked
     else:  # the blend (also the ranker's fallback when the train days hold no labelled slice)
@@ -123,7 +132,13 @@ def train_candidate(window: pd.DataFrame, bounds: tuple[date, date], holdout_day
         eval_model = fit_model(split.train, split.train_days[1], params, tuning.als_weight)
         served = fit_model(window, bounds[1], params, tuning.als_weight)
     report = evaluate(model_scores(eval_model, eval_set), eval_set)
-    plain_als = evaluate(model_scores(eval_model.als_only(), eval_set), eval_set)
+    references = {"als": evaluate(model_scores(eval_model.als_only(), eval_set), eval_set)}
+    if ranked is not None and history is not None and params.history_days > 0:
+        # the repeat baseline given the same long history as the ranker (a reference; the gate's baseline
+        # stays the protocol's: the training days only)
+        references["repeat_history"] = evaluate(
+            baseline_scores.repeat_scores(history_until(history, split.train_days[1], params.history_days),
+                                          eval_set.user_ids, eval_set.catalogue), eval_set)
     return CandidateResult(
         cold_start=cold_start_report(split, eval_set, eval_model),
         split=split,
@@ -133,8 +148,14 @@ def train_candidate(window: pd.DataFrame, bounds: tuple[date, date], holdout_day
         served_model=served,
         model_report=report,
         baselines=evaluate_baselines(split.train, eval_set),
-        references={"als": plain_als},
+        references=references,
     )
+
+
+def history_until(history: pd.DataFrame, as_of: date, days: int) -> pd.DataFrame:
+    """The rows of ``history`` in the ``days`` days ending ``as_of`` (inclusive): what a fit as of that day reads."""
+    day = pd.to_datetime(history["day"]).dt.date
+    return history[(day <= as_of) & (day > as_of - timedelta(days=days))]
 
 
 def cold_start_report(split: TemporalSplit, eval_set: EvalSet, model: BlendModel) -> RankingReport | None:
@@ -174,17 +195,17 @@ def ranker_slices(train: pd.DataFrame, train_days: tuple[date, date], holdout_da
     return slices
 
 
-def _train_ranker(window, bounds, split: TemporalSplit, holdout_days: int, params: ModelParams):
+def _train_ranker(window, bounds, split: TemporalSplit, holdout_days: int, params: ModelParams, history=None):
     """The learned ranker (``recsys.ranker``): search and fit on slices of the TRAIN days only; None when no
     slice can be built (the caller then trains the blend)."""
     from factory_assets.recsys import ranker
 
-    slices = ranker_slices(split.train, split.train_days, holdout_days)
+    slices = [replace(sl, history=history) for sl in ranker_slices(split.train, split.train_days, holdout_days)]
     if not slices:  # too few training days or no user converting in both parts: fall back to the blend
         return None
     fit = ranker.train_ranker(slices, params)
-    eval_model = ranker.fit_ranker_model(split.train, split.train_days[1], fit)
-    served = ranker.fit_ranker_model(window, bounds[1], fit)
+    eval_model = ranker.fit_ranker_model(split.train, split.train_days[1], fit, history)
+    served = ranker.fit_ranker_model(window, bounds[1], fit, history)
     return Tuning(0.0, fit.trace), eval_model, served
 
 
@@ -210,7 +231,13 @@ def retrain_from_manifest(con, manifest: dict) -> dict[str, str]:
     params["als_weight_grid"] = tuple(params["als_weight_grid"])
     params["als_weight"] = None  # re-run the tuning too: it is part of the recipe
     start, end = date.fromisoformat(manifest["window"]["start"]), date.fromisoformat(manifest["window"]["end"])
-    result = train_candidate(store.read_window(con, start, end), (start, end), manifest["holdout_days"], ModelParams(**params))
+    history = None
+    if manifest.get("history"):
+        from factory_assets.features.retrieval import purchase_history
+
+        history, _ = purchase_history(con, date.fromisoformat(manifest["history"]["end"]), manifest["history"]["days"])
+    result = train_candidate(store.read_window(con, start, end), (start, end), manifest["holdout_days"],
+                             ModelParams(**params), history=history)
     return {
         role: hashlib.sha256(npz_bytes(model_arrays(model))).hexdigest()
         for role, model in (("eval", result.eval_model), ("served", result.served_model))

@@ -39,7 +39,8 @@ def small_factory(home: Path, **overrides) -> FactoryResource:
     return FactoryResource(home=str(home), source="simulator", source_path="", simulator=SimulatorOptions(**SMALL_SHOP), **overrides)
 
 
-def run(factory: FactoryResource, day: date, selection: list[str], instance: DagsterInstance | None = None) -> ExecuteInProcessResult:
+def run(factory: FactoryResource, day: date, selection: list[str], instance: DagsterInstance | None = None,
+        run_config: dict | None = None) -> ExecuteInProcessResult:
     return materialize(
         ALL_ASSETS,
         selection=selection,
@@ -47,6 +48,7 @@ def run(factory: FactoryResource, day: date, selection: list[str], instance: Dag
         resources={"factory": factory},
         instance=instance,
         raise_on_error=False,
+        run_config=run_config,
     )
 
 
@@ -56,5 +58,8 @@ def ingest(factory: FactoryResource, ingest_days: list[date]) -> None:
         assert result.success, f"ingest {day} failed"
 
 
-def train(factory: FactoryResource, day: date, instance: DagsterInstance | None = None) -> ExecuteInProcessResult:
-    return run(factory, day, TRAIN, instance)
+def train(factory: FactoryResource, day: date, instance: DagsterInstance | None = None,
+          candidate: dict | None = None) -> ExecuteInProcessResult:
+    """The training selection for ``day``; ``candidate``: ``CandidateConfig`` fields of ``candidate_model``."""
+    config = None if candidate is None else {"ops": {"candidate_model": {"config": candidate}}}
+    return run(factory, day, TRAIN, instance, config)

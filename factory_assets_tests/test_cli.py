@@ -15,7 +15,8 @@ from factory_assets_tests.helpers import REPO_ROOT
 
 @pytest.fixture(autouse=True)
 def _isolated_env(monkeypatch, tmp_path):
-    for name in ("FACTORY_SOURCE", "FACTORY_SOURCE_PATH", "FACTORY_WINDOW_DAYS"):
+    for name in ("FACTORY_SOURCE", "FACTORY_SOURCE_PATH", "FACTORY_WINDOW_DAYS", "FACTORY_HISTORY_DAYS",
+                 "FACTORY_PARTITION_START", "FACTORY_EXECUTOR", "FACTORY_ALS_GPU"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("FACTORY_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster"))
@@ -44,6 +45,22 @@ def test_with_json_a_refused_input_is_still_one_document_on_stdout(capsys):
     out, err = capsys.readouterr()
     assert json.loads(out) == {"error": "factory: --start 2024-11-02 is after --end 2024-11-01"}
     assert "is after --end" in err
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("FACTORY_SOURCE", "bogus"), ("FACTORY_PARTITION_START", "notadate"), ("FACTORY_WINDOW_DAYS", "abc"),
+     ("FACTORY_WINDOW_DAYS", "7"), ("FACTORY_HISTORY_DAYS", "-3"), ("FACTORY_EXECUTOR", "slurm"), ("FACTORY_ALS_GPU", "maybe")],
+)
+def test_a_bad_setting_is_one_line_naming_it_not_a_traceback(monkeypatch, capsys, name, value):
+    monkeypatch.setenv(name, value)
+    for command in (["run", "--json"], ["demo", "--json"]):
+        assert cli.main(command) == 2
+        out, err = capsys.readouterr()
+        error = json.loads(out)["error"]
+        assert error.startswith(f"factory: {name}={value!r}")
+        assert "Traceback" not in err and err.strip().endswith(error.removeprefix("factory: "))
+    assert cli.main(["dev", "--help"]) == 2
 
 
 @pytest.mark.parametrize(("text", "message"), [("", "is empty"), ("abc", "not a comma-separated"), ("99", "in 0..10")])

@@ -230,5 +230,5 @@ def test_als_gpu_switch_is_off_by_default_and_refuses_a_gpu_it_does_not_have(mon
     assert settings.als_gpu() is bool(implicit.gpu.HAS_CUDA)
     if not implicit.gpu.HAS_CUDA:
         monkeypatch.setenv("FACTORY_ALS_GPU", "on")
-        with pytest.raises(RuntimeError, match="without CUDA"):
+        with pytest.raises(settings.SettingsError, match="without CUDA"):
             settings.als_gpu()

@@ -49,7 +49,7 @@ from factory_assets.training import train_candidate
 TRAINING_WINDOW = "training_window"
 CANDIDATE_MODEL = "candidate_model"
 WINDOW_COMPLETE = "window_complete"
-MODEL_CODE_VERSION = "1"
+MODEL_CODE_VERSION = "2"  # 2: the ranker's long purchase-history features
 
 
 @asset(
@@ -147,9 +147,15 @@ class CandidateConfig(Config):
     regime_decay: float = Field(default=_DEFAULTS.regime_decay,
                                 description="drift re-weighting: days before the change point weigh decay ** (new days)")
     regime_floor: float = Field(default=_DEFAULTS.regime_floor, description="drift re-weighting: their smallest weight")
+    history_days: int | None = Field(
+        default=None, ge=0,
+        description="ranker: days of purchase history before each fit's as-of day (0 = off); None = the source's "
+                    "setting (FACTORY_HISTORY_DAYS; Online Retail 90, others 0)")
 
-    def params(self) -> ModelParams:
-        return ModelParams(**self.model_dump(exclude={"drift_reweighting"}))
+    def params(self, source: str | None = None) -> ModelParams:
+        """The ``ModelParams``; ``history_days`` None becomes ``settings.history_days(source)``."""
+        days = self.history_days if self.history_days is not None else settings.history_days(source)
+        return ModelParams(**self.model_dump(exclude={"drift_reweighting", "history_days"}), history_days=days)
 
 
 @asset(
@@ -189,11 +195,18 @@ def candidate_model(context: AssetExecutionContext, config: CandidateConfig, fac
         champion = registry.read_alias(layout.aliases)
         champion_tainted = champion is not None and registry.has_event(con, champion["version"], registry.ERASED_DATA)
         regime = regime_start(con, start, end) if config.drift_reweighting else None
-    params = replace(config.params(), regime_start=None if regime is None else regime.isoformat(),
-                     use_gpu=settings.als_gpu())
+        params = replace(config.params(factory.source), regime_start=None if regime is None else regime.isoformat(),
+                         use_gpu=settings.als_gpu())
+        history, history_manifest = None, None
+        if params.model_kind == "ranker" and params.history_days > 0:
+            # every fit reads history_days before its own as-of day: the earliest as-of is after the window's start
+            history, history_manifest = retrieval.purchase_history(con, end, params.history_days + (end - start).days)
+            context.log.info(f"purchase history: {len(history_manifest['inputs'])} of {history_manifest['days']} "
+                             f"days present, {len(history)} converting rows")
     if regime is not None:
         context.log.info(f"behaviour drift since {regime}: the days before it are down-weighted in the fits")
-    result = train_candidate(frame, (start, end), HOLDOUT_DAYS, params)
+    result = train_candidate(frame, (start, end), HOLDOUT_DAYS, params, history=history)
+    del history
 
     champion_report = None
     if champion is not None:
@@ -215,6 +228,7 @@ def candidate_model(context: AssetExecutionContext, config: CandidateConfig, fac
         "params": result.served_model.params.as_dict(),
         "window": {k: window[k] for k in ("start", "end", "days", "window_version", "inputs")},
         "feature_versions": feature_versions,
+        "history": history_manifest,  # the long purchase history's partitions (None: not read)
         "holdout_days": HOLDOUT_DAYS,
         "tuning_trace": result.tuning.trace,
         "ranker": _ranker_manifest(result.served_model),

@@ -223,6 +223,41 @@ def feature_view_version(con: duckdb.DuckDBPyConnection, view: str | FeatureView
     return hashlib.sha256(f"{v.name}|{text}".encode()).hexdigest()
 
 
+def purchase_history(con: duckdb.DuckDBPyConnection, end: date, days: int) -> tuple[pd.DataFrame, dict]:
+    """The converting ``user_item_daily`` rows of the ``days`` days ending ``end`` (inclusive), and their inputs.
+
+    The long purchase history of the learned ranker (``recsys.candidates.long_history`` reads, per fit, only
+    the rows of the ``history_days`` days ending that fit's as-of day, so the frame can reach ``end``).  Best
+    effort by design: partitions that were never ingested are simply absent (``factory run --start`` may
+    begin later); what was read is in the returned inputs, so a manifest names it and a retrain can refuse
+    when it changed.
+
+    Returns:
+        ``(frame, inputs)``: ``frame`` columns ``day`` (``datetime.date``), ``user_id``, ``item_id`` (str),
+        ``n_conversions`` (int64), rows with ``n_conversions > 0`` only; ``inputs`` ``{"start", "end", "days",
+        "inputs": [{asset, partition, data_version, row_count}]}`` of the ledger partitions in the range.
+    Raises:
+        ValueError: if ``days`` < 1.
+    """
+    if days < 1:
+        raise ValueError(f"purchase history needs days >= 1, got {days}")
+    from factory_assets.features.store import USER_ITEM_DAILY
+
+    start = end - timedelta(days=days - 1)
+    frame = con.execute(
+        f"SELECT day, user_id, item_id, n_conversions FROM {USER_ITEM_DAILY} "
+        "WHERE day BETWEEN ? AND ? AND n_conversions > 0 ORDER BY day, user_id, item_id",
+        [start, end],
+    ).df()
+    frame["day"] = pd.to_datetime(frame["day"]).dt.date
+    present = ledger(con, USER_ITEM_DAILY, start, end)
+    inputs = [
+        {"asset": USER_ITEM_DAILY, "partition": d.isoformat(), "data_version": str(dv), "row_count": int(n)}
+        for d, dv, n in zip(present["partition_day"], present["data_version"], present["row_count"])
+    ]
+    return frame, {"start": start.isoformat(), "end": end.isoformat(), "days": days, "inputs": inputs}
+
+
 def materialize_online(con: duckdb.DuckDBPyConnection, view_name: str, as_of: datetime | pd.Timestamp) -> dict:
     """Write ``online_<view>``: the features of every entity with a row in the view's window at ``as_of``.
 

@@ -104,6 +104,7 @@ def _csr_from(prefix: str, arrays: dict[str, np.ndarray]) -> sp.csr_matrix:
 
 
 RANKER_PREFIX = "ranker__"
+LONG_CSR = ("long_days", "long_conversions", "long_recency", "long_due")  # SourceArrays' long-history matrices
 _TREE_FIELDS = ("roots", "feature", "threshold", "missing_left", "left", "right", "is_leaf", "value")
 
 
@@ -120,6 +121,10 @@ def ranker_arrays(part) -> dict[str, np.ndarray]:
         "item_repeat_rate": src.item_repeat_rate.astype(np.float32), "user_days": src.user_days.astype(np.float32),
         "n_candidates": np.asarray([part.n_candidates], dtype=np.int64),
     }
+    if src.long_days is not None:  # only then: a model without long history keeps its exact bytes
+        for name in LONG_CSR:
+            out |= _csr_arrays(name, getattr(src, name))
+        out["long_converters"] = src.long_converters.astype(np.float32)
     lin = part.linear
     if isinstance(lin, TreeRanker):
         out |= {f"tree_{f}": np.asarray(getattr(lin, f)) for f in _TREE_FIELDS}
@@ -140,6 +145,8 @@ def ranker_from_arrays(arrays: dict[str, np.ndarray]):
         converters=arrays["converters"], converters_7d=arrays["converters_7d"],
         converters_prev_7d=arrays["converters_prev_7d"], days_count=_csr_from("days_count", arrays),
         item_repeat_rate=arrays["item_repeat_rate"], user_days=arrays["user_days"],
+        **({name: _csr_from(name, arrays) for name in LONG_CSR} | {"long_converters": arrays["long_converters"]}
+           if "long_days_data" in arrays else {}),
     )
     if "tree_roots" in arrays:
         linear = TreeRanker(**{f: arrays[f"tree_{f}"] for f in _TREE_FIELDS}, baseline=float(arrays["tree_baseline"][0]),

@@ -13,8 +13,14 @@ ranker whose sources were fitted on the inner-train days can never see an inner-
   ``neighbours`` most similar items per item (``neighbours`` CSR ``(n_items, n_items)``); a user's
   co-purchase score for an item is ``sum_j sim(i, j) * [user interacted with j]``.
 
+- long purchase history (optional, ``ModelParams.history_days``): per (user, item) over the ``history_days``
+  days ending ``as_of``, which may reach before the frame: distinct conversion days, conversions, recency of
+  the last one, and how "due" a re-order is (days since the last conversion over the mean gap between the
+  user's conversion days of the item), plus each item's distinct converters (:func:`long_history`); the
+  co-purchase matrix and a user's co-purchase score then also count these items.
+
 A candidate is any item in the top ``n_per_source`` of one source for the user, or one the user interacted
-with (:func:`candidate_mask`).
+with in the frame or converted on in the long history (:func:`candidate_mask`).
 """
 
 from __future__ import annotations
@@ -45,6 +51,12 @@ class SourceArrays:
     days_count: sp.csr_matrix | None = None  # (n_users, n_items): distinct days with a conversion
     item_repeat_rate: np.ndarray | None = None  # (n_items,): share of the item's converters converting on >= 2 days
     user_days: np.ndarray | None = None  # (n_users,): distinct days the user converted
+    # Long purchase history (``history_days`` before ``as_of``, :func:`long_history`); None = not fitted.
+    long_days: sp.csr_matrix | None = None  # (n_users, n_items): distinct days with a conversion
+    long_conversions: sp.csr_matrix | None = None  # (n_users, n_items): conversions (the repeat baseline's count)
+    long_recency: sp.csr_matrix | None = None  # (n_users, n_items): 0.5 ** (days since the last conversion / 28)
+    long_due: sp.csr_matrix | None = None  # (n_users, n_items): days since the last conversion / mean days between
+    long_converters: np.ndarray | None = None  # (n_items,): distinct converters in the long history
 
 
 def fit_sources(
@@ -54,8 +66,11 @@ def fit_sources(
     item_ids: np.ndarray,
     recency_half_life_days: float = 7.0,
     n_neighbours: int = 30,
+    history: pd.DataFrame | None = None,
+    history_days: int = 0,
 ) -> SourceArrays:
-    """Fit the history-recency, popularity-trend and co-purchase sources on ``frame`` (days <= ``as_of``)."""
+    """Fit the history-recency, popularity-trend and co-purchase sources on ``frame`` (days <= ``as_of``), and
+    with ``history`` the long purchase history of the ``history_days`` days ending ``as_of`` (:func:`long_history`)."""
     days = pd.to_datetime(frame["day"])
     age = (pd.Timestamp(as_of) - days).dt.days.to_numpy(dtype=np.float64)
     if len(age) and age.min() < 0:
@@ -95,12 +110,47 @@ def fit_sources(
     pos = upos(counts.index.to_numpy(dtype=str))
     user_days[pos[pos >= 0]] = counts.to_numpy(dtype=np.float32)[pos >= 0]
 
-    binary = recency.copy()
+    long = {} if history is None or history_days <= 0 else long_history(history, as_of, history_days, user_ids, item_ids)
+    binary = recency.copy() if not long else (recency + long["long_days"]).tocsr()
     binary.data[:] = 1.0
     neighbours = item_neighbours(binary, n_neighbours)
     return SourceArrays(recency=recency.astype(np.float32), converters=converters, converters_7d=last7,
                         converters_prev_7d=prev7, neighbours=neighbours, days_count=days_count.astype(np.float32),
-                        item_repeat_rate=item_repeat_rate, user_days=user_days)
+                        item_repeat_rate=item_repeat_rate, user_days=user_days, **long)
+
+
+LONG_RECENCY_HALF_LIFE_DAYS = 28.0
+
+
+def long_history(history: pd.DataFrame, as_of: date, days: int, user_ids: np.ndarray, item_ids: np.ndarray) -> dict:
+    """Point-in-time long purchase history: the conversions of the ``days`` days ending ``as_of`` (inclusive).
+
+    ``history``: ``user_item_daily`` rows (``day``, ``user_id``, ``item_id``, ``n_conversions``) of any days;
+    rows after ``as_of`` or before its first day are ignored, so one frame serves every as-of day of a
+    candidate (label slices, evaluation model, served model).  Users and items outside the model's id space
+    are dropped.  Returns the :class:`SourceArrays` fields ``long_days``, ``long_conversions`` and
+    ``long_recency`` (CSR float32 ``(len(user_ids), len(item_ids))``).
+    """
+    day = pd.to_datetime(history["day"])
+    age = (pd.Timestamp(as_of) - day).dt.days.to_numpy()
+    keep = (age >= 0) & (age < days) & (history["n_conversions"].to_numpy() > 0)
+    rows = history.loc[keep, ["user_id", "item_id", "n_conversions"]].assign(age=age[keep])
+    rows = rows.assign(user_id=rows["user_id"].astype(str), item_id=rows["item_id"].astype(str))
+    per = rows.groupby(["user_id", "item_id"], sort=False).agg(n_days=("age", "nunique"), conv=("n_conversions", "sum"),
+                                                              last=("age", "min"), first=("age", "max")).reset_index()
+    last = per["last"].to_numpy(dtype=np.float64)
+    per["recency"] = np.power(0.5, last / LONG_RECENCY_HALF_LIFE_DAYS)
+    gap = (per["first"].to_numpy(dtype=np.float64) - last) / np.maximum(per["n_days"].to_numpy(dtype=np.float64) - 1, 1)
+    # stored + 1e-3 so that an item bought today (due 0) is still a stored entry
+    per["due"] = np.where(per["n_days"].to_numpy() >= 2, last / np.maximum(gap, 1.0), 0.0) + 1e-3
+    mat = lambda col: Interactions.from_frame(per, col, user_ids, item_ids).matrix.astype(np.float32)  # noqa: E731
+    buyers = per.groupby("item_id")["user_id"].nunique()
+    converters = np.zeros(len(item_ids), dtype=np.float32)
+    pos = Interactions(sp.csr_matrix((0, len(item_ids))), np.asarray(user_ids), np.asarray(item_ids)).item_index(
+        buyers.index.to_numpy(dtype=str))
+    converters[pos[pos >= 0]] = buyers.to_numpy(dtype=np.float32)[pos >= 0]
+    return {"long_days": mat("n_days"), "long_conversions": mat("conv"), "long_recency": mat("recency"),
+            "long_due": mat("due"), "long_converters": converters}
 
 
 def item_neighbours(binary: sp.csr_matrix, k: int) -> sp.csr_matrix:

@@ -60,10 +60,14 @@ class ModelParams:
     regime_decay: float = 0.7  # days before ``regime_start`` weigh regime_decay ** (days of the new regime) ...
     regime_floor: float = 0.05  # ... but at least this much (``regime_weights``)
     use_gpu: bool = False  # implicit's CUDA ALS (settings.als_gpu, FACTORY_ALS_GPU); GPU factors differ from CPU ones
+    # The ranker's long purchase history (recsys.candidates.long_history): days before each fit's as-of day, 0 = off.
+    history_days: int = 0
 
     def as_dict(self) -> dict:
         out = asdict(self)
         out["als_weight_grid"] = list(self.als_weight_grid)
+        if not self.history_days:  # added later: a model without it keeps the exact bytes (and manifest) it had
+            del out["history_days"]
         return out
 
 

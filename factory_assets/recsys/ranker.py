@@ -62,6 +62,14 @@ FEATURES: tuple[str, ...] = (
     "share",             # own recency-weighted conversions of the item / of all the user's items
     "als_norm",          # ALS clipped at 0 / the user's maximum (the blend's ALS term)
     "cooc_norm",         # co-purchase score / the user's maximum
+    # long purchase history (``ModelParams.history_days`` ending as_of; zeros when it is off):
+    "long_days_log",     # log1p(distinct days the user converted on the item)
+    "long_conv_log",     # log1p(the user's conversions of the item)
+    "long_recency",      # 0.5 ** (days since the user's last conversion of it / 28)
+    "long_share",        # the item's share of the user's conversions
+    "long_due_log",      # log1p(days since the last conversion / the user's mean days between conversions of it)
+    "long_converters_log",  # log1p(distinct converters of the item)
+    "long_user_items_log",  # log1p(distinct items the user converted on)
 )
 NON_CANDIDATE_PENALTY = 1e6
 BATCH = 256
@@ -87,7 +95,8 @@ class LinearRanker:
     scale: np.ndarray
 
     def logit(self, x: np.ndarray) -> np.ndarray:
-        z = (x.astype(np.float64) - self.mean) / self.scale
+        # a ranker saved before features were appended to FEATURES reads only the first len(coef) columns
+        z = (x[:, : len(self.coef)].astype(np.float64) - self.mean) / self.scale
         return z @ self.coef + self.intercept
 
 
@@ -184,7 +193,7 @@ def features(model: BlendModel, sources: SourceArrays, rows: np.ndarray, n_candi
     als_rank = rank_of(als)
     pop = model.popularity.astype(np.float64)
     pop_rank = rank_of(pop[None, :])
-    seen_sp = rec_sp.copy()
+    seen_sp = rec_sp.copy() if sources.long_days is None else (rec_sp + sources.long_days[rows]).tocsr()
     seen_sp.data[:] = 1.0
     cooc = np.asarray((seen_sp @ sources.neighbours.T).todense(), dtype=np.float64) if m else np.zeros((n, 0))
     cooc_rank = rank_of(cooc)
@@ -216,8 +225,23 @@ def features(model: BlendModel, sources: SourceArrays, rows: np.ndarray, n_candi
     x[..., 19] = np.divide(als_pos, als_max, out=np.zeros_like(als_pos), where=als_max > 0)
     cooc_max = cooc.max(axis=1, keepdims=True) if m else np.zeros((n, 1))
     x[..., 20] = np.divide(cooc, cooc_max, out=np.zeros_like(cooc), where=cooc_max > 0)
+    if sources.long_days is None:
+        x[..., 21:] = 0.0
+        bought = seen
+    else:
+        long_days = sources.long_days[rows].toarray().astype(np.float64)
+        long_conv = sources.long_conversions[rows].toarray().astype(np.float64)
+        x[..., 21] = np.log1p(long_days)
+        x[..., 22] = np.log1p(long_conv)
+        x[..., 23] = sources.long_recency[rows].toarray()
+        long_total = long_conv.sum(axis=1, keepdims=True)
+        x[..., 24] = np.divide(long_conv, long_total, out=np.zeros_like(long_conv), where=long_total > 0)
+        x[..., 25] = np.log1p(sources.long_due[rows].toarray())
+        x[..., 26] = np.log1p(sources.long_converters.astype(np.float64))[None, :]
+        x[..., 27] = np.log1p((long_days > 0).sum(axis=1, keepdims=True))
+        bought = seen | (long_days > 0)
     mask = candidate_mask([als_rank, np.broadcast_to(pop_rank, (n, m)), cooc_rank, np.broadcast_to(trend_rank, (n, m))],
-                          seen, n_candidates)
+                          bought, n_candidates)
     return x, mask
 
 
@@ -237,10 +261,13 @@ def ranker_scores(model: BlendModel, rows: np.ndarray) -> np.ndarray:
     return out
 
 
-def fit_base(frame: pd.DataFrame, as_of: date, params: ModelParams) -> tuple[BlendModel, SourceArrays]:
-    """ALS + history + popularity (``fit_model``) and the other sources, all fitted on ``frame`` only."""
+def fit_base(frame: pd.DataFrame, as_of: date, params: ModelParams,
+             history: pd.DataFrame | None = None) -> tuple[BlendModel, SourceArrays]:
+    """ALS + history + popularity (``fit_model``) and the other sources, all fitted on ``frame`` only; the long
+    purchase history from ``history`` rows of the ``params.history_days`` days ending ``as_of``."""
     model = fit_model(frame, as_of, params, als_weight=0.0)
-    sources = fit_sources(frame, as_of, model.user_ids, model.item_ids, params.recency_half_life_days, params.n_neighbours)
+    sources = fit_sources(frame, as_of, model.user_ids, model.item_ids, params.recency_half_life_days, params.n_neighbours,
+                          history=history, history_days=params.history_days)
     return model, sources
 
 
@@ -341,6 +368,7 @@ class LabelSlice:
     as_of: date
     label_users: np.ndarray
     label_items: list[set[str]]
+    history: pd.DataFrame | None = None  # long purchase history rows (any days: only those <= as_of are read)
 
 
 def train_ranker(slices: list[LabelSlice], params: ModelParams) -> RankerFit:
@@ -365,7 +393,7 @@ def train_ranker(slices: list[LabelSlice], params: ModelParams) -> RankerFit:
         p = replace(params, **config)
         parts = []
         for sl in slices:
-            model, sources = fit_base(sl.rows, sl.as_of, p)
+            model, sources = fit_base(sl.rows, sl.as_of, p, sl.history)
             col = {item: j for j, item in enumerate(model.item_ids.tolist())}
             truth = [{col[i] for i in items if i in col} for items in sl.label_items]
             ex = build_examples(model, sources, sl.label_users, truth, p.n_candidates, keep_dense=search)
@@ -396,7 +424,7 @@ def train_ranker(slices: list[LabelSlice], params: ModelParams) -> RankerFit:
     return RankerFit(params=replace(p, ranker_c=c), linear=linear, trace=trace)
 
 
-def fit_ranker_model(frame: pd.DataFrame, as_of: date, fit: RankerFit) -> BlendModel:
-    """Refit the sources on ``frame`` (days <= ``as_of``) and attach the trained ranker."""
-    model, sources = fit_base(frame, as_of, fit.params)
+def fit_ranker_model(frame: pd.DataFrame, as_of: date, fit: RankerFit, history: pd.DataFrame | None = None) -> BlendModel:
+    """Refit the sources on ``frame`` (days <= ``as_of``; ``history`` as :func:`fit_base`) and attach the ranker."""
+    model, sources = fit_base(frame, as_of, fit.params, history)
     return attach(model, sources, fit.linear, fit.params)

@@ -11,7 +11,9 @@ def add_parser(sub) -> None:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--home", help="FACTORY_HOME (default ./.factory_home)")
-    p.add_argument("--source", help="FACTORY_SOURCE (default simulator)")
+    from factory_assets.settings import SOURCE_NAMES
+
+    p.add_argument("--source", choices=SOURCE_NAMES, help="FACTORY_SOURCE (default simulator)")
     p.add_argument("--landing", help="write impression events into this folder-source landing directory")
     p.add_argument("--poll-interval", type=float, default=None, help="alias polling period in seconds (default 1)")
     p.add_argument("--log-level", default="info")

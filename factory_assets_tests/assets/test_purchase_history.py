@@ -1,0 +1,63 @@
+"""``candidate_model`` with the long purchase history: what it reads is in the manifest and a retrain repeats it."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import duckdb
+import pytest
+
+from factory_assets.features import retrieval, store
+from factory_assets.maintenance import stale_inputs
+from factory_assets.recsys.artefact import load_manifest_model, read_manifest
+from factory_assets.registry import registry
+from factory_assets.training import retrain_from_manifest
+from factory_assets_tests.helpers import FIRST_DAY, small_factory, train
+
+LAST_DAY = FIRST_DAY + timedelta(days=35)  # the ingested home holds FIRST_DAY .. FIRST_DAY + 35
+HISTORY_DAYS = 8
+
+
+def _con(home):
+    con = duckdb.connect(str(home / "simulator" / "warehouse.duckdb"))
+    con.execute("SET TimeZone = 'UTC'")
+    return con
+
+
+def test_purchase_history_reads_converting_rows_and_names_its_partitions(ingested_home):
+    with _con(ingested_home) as con:
+        frame, inputs = retrieval.purchase_history(con, LAST_DAY, 10)
+        expected = con.execute(
+            f"SELECT count(*) FROM {store.USER_ITEM_DAILY} WHERE day BETWEEN ? AND ? AND n_conversions > 0",
+            [LAST_DAY - timedelta(days=9), LAST_DAY]).fetchone()[0]
+        ledger_rows = con.execute("SELECT count(*) FROM partition_ledger WHERE asset = ? AND partition_day BETWEEN ? AND ?",
+                                  [store.USER_ITEM_DAILY, LAST_DAY - timedelta(days=9), LAST_DAY]).fetchone()[0]
+    assert len(frame) == expected > 0 and (frame["n_conversions"] > 0).all()
+    assert min(frame["day"]) == LAST_DAY - timedelta(days=9) and max(frame["day"]) == LAST_DAY
+    assert inputs["start"] == (LAST_DAY - timedelta(days=9)).isoformat() and len(inputs["inputs"]) == ledger_rows == 10
+    with _con(ingested_home) as con, pytest.raises(ValueError, match="days >= 1"):
+        retrieval.purchase_history(con, LAST_DAY, 0)
+
+
+@pytest.mark.timeout(240)
+def test_candidate_with_history_records_it_and_retrains_bit_for_bit(home_copy):
+    result = train(small_factory(home_copy), LAST_DAY, candidate={"history_days": HISTORY_DAYS})
+    assert result.success
+    with _con(home_copy) as con:
+        row = registry.version_row(con, 1)
+        manifest = read_manifest(row["manifest_path"], row["manifest_sha256"])
+        # the window's 28 days plus the 8 before them: every fit reads 8 days before its own as-of day
+        assert manifest["params"]["history_days"] == HISTORY_DAYS
+        assert manifest["history"]["days"] == HISTORY_DAYS + 27 and len(manifest["history"]["inputs"]) == HISTORY_DAYS + 27
+        assert manifest["history"]["start"] == (LAST_DAY - timedelta(days=HISTORY_DAYS + 26)).isoformat()
+        assert "repeat_history" in manifest["evaluation"]["references"]
+        served = load_manifest_model(row["manifest_path"], "served", row["manifest_sha256"])
+        assert served.ranker.sources.long_days is not None
+        assert retrain_from_manifest(con, manifest) == {r: manifest["artefacts"][r]["sha256"] for r in ("eval", "served")}
+        # a history partition outside the window that changes makes the manifest stale (the retrain refuses)
+        day_before = LAST_DAY - timedelta(days=30)
+        con.execute("UPDATE partition_ledger SET data_version = 'changed' WHERE asset = ? AND partition_day = ?",
+                    [store.USER_ITEM_DAILY, day_before])
+        assert [s["partition"] for s in stale_inputs(con, manifest)] == [day_before.isoformat()]
+        with pytest.raises(ValueError, match="inputs changed"):
+            retrain_from_manifest(con, manifest)
