@@ -160,7 +160,10 @@ def run(args: argparse.Namespace, simulator: dict | None = None, candidate: dict
     champion = registry.read_alias(factory.layout.aliases)
     checks = []
     if window is not None:
-        checks.append({"name": "window_complete", "passed": bool(window["complete"]), "reason": str(window["missing"])})
+        missing = {view: days for view, days in window["missing"].items() if days}
+        checks.append({"name": "window_complete", "passed": bool(window["complete"]),
+                       "reason": f"all {window['days']} days of every feature view present" if window["complete"]
+                       else "missing feature partitions: " + "; ".join(f"{v}: {', '.join(d)}" for v, d in missing.items())})
     if last_row is not None:
         checks += [{"name": g["name"], "passed": g["passed"], "reason": g["reason"]} for g in last_row["metrics"]["gates"]]
     return {

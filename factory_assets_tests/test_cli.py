@@ -98,6 +98,7 @@ def test_factory_run_json_prints_one_document_and_serves_a_model(tmp_path):
     assert [t["partition"] for t in summary["trained"]] == ["2024-10-15", "2024-10-16"]
     assert summary["served_model"]["version"] == 2 and len(summary["served_model"]["sha256"]) == 64
     assert {c["name"] for c in summary["checks"]} == {"window_complete", "beats_baseline", "not_worse_than_champion", "safe_to_serve"}
+    assert summary["checks"][0] == {"name": "window_complete", "passed": True, "reason": "all 15 days of every feature view present"}
     assert summary["registry"] == {"versions": 2, "promotions": 2}
     assert all(r["success"] for r in summary["runs"]) and len(summary["runs"]) == 18
     assert (tmp_path / "dagster" / "dagster.yaml").exists()  # the instance was seeded with the project's config
