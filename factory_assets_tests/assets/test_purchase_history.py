@@ -41,7 +41,7 @@ def test_purchase_history_reads_converting_rows_and_names_its_partitions(ingeste
 
 @pytest.mark.timeout(240)
 def test_candidate_with_history_records_it_and_retrains_bit_for_bit(home_copy):
-    result = train(small_factory(home_copy), LAST_DAY, candidate={"history_days": HISTORY_DAYS})
+    result = train(small_factory(home_copy), LAST_DAY, candidate={"history_days": HISTORY_DAYS, "search_budget": 1, "ranker_c": 1.0})
     assert result.success
     with _con(home_copy) as con:
         row = registry.version_row(con, 1)
