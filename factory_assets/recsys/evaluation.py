@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from factory_assets.recsys import baselines
+from factory_assets.recsys.matrix import factorize
 from factory_assets.recsys.metrics import RankingReport, ranking_metrics, top_k
 from factory_assets.recsys.model import BlendModel, ModelParams, fit_model
 
@@ -47,10 +48,13 @@ def temporal_split(frame: pd.DataFrame, window: tuple[date, date], holdout_days:
     if n_days <= holdout_days:
         raise ValueError(f"a window of {n_days} days cannot hold out {holdout_days} test days")
     test_start = end - timedelta(days=holdout_days - 1)
-    days = pd.to_datetime(frame["day"]).dt.date
+    # ``pd.to_datetime(frame["day"]).dt.date`` compared per distinct day, not per row (a 28-day window at 1M
+    # events/day has ~6M rows and 28 days); a missing day (NaT) is in neither part, as per row
+    codes, distinct = factorize(frame["day"], sort=False, use_na_sentinel=False)
+    days = pd.to_datetime(pd.Series(distinct)).dt.date
     return TemporalSplit(
-        train=frame[days < test_start].reset_index(drop=True),
-        test=frame[days >= test_start].reset_index(drop=True),
+        train=frame[(days < test_start).to_numpy(dtype=bool)[codes]].reset_index(drop=True),
+        test=frame[(days >= test_start).to_numpy(dtype=bool)[codes]].reset_index(drop=True),
         train_days=(start, test_start - timedelta(days=1)),
         test_days=(test_start, end),
     )

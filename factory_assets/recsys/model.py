@@ -26,7 +26,7 @@ import pandas as pd
 import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
-from factory_assets.recsys.matrix import Interactions
+from factory_assets.recsys.matrix import Interactions, factorize
 
 log = logging.getLogger(__name__)
 
@@ -121,8 +121,28 @@ class BlendModel:
 
 def recency_decay(days: pd.Series, as_of: date, half_life_days: float) -> np.ndarray:
     """Weight ``0.5 ** (age / half_life)`` per row, age in whole days before ``as_of`` (0 on ``as_of``)."""
-    age = (pd.Timestamp(as_of) - pd.to_datetime(days)).dt.days.to_numpy(dtype=np.float64)
-    return np.power(0.5, age / half_life_days)
+    return _recency_decay(_DayIndex(days), as_of, half_life_days)
+
+
+class _DayIndex:
+    """A day column as its distinct values and each row's code, so per-day arithmetic runs once per day.
+
+    ``per_row(values)`` spreads one value per distinct day (``pd.to_datetime(distinct)``-based, in the
+    order of :attr:`distinct`) back to the rows: the same numbers as computing it on every row.
+    """
+
+    def __init__(self, days: pd.Series):
+        self.codes, distinct = factorize(days, sort=False, use_na_sentinel=False)
+        self.distinct = pd.to_datetime(pd.Series(distinct))
+        self.n_rows = len(self.codes)
+
+    def per_row(self, values: np.ndarray) -> np.ndarray:
+        return np.asarray(values)[self.codes]
+
+
+def _recency_decay(days: "_DayIndex", as_of: date, half_life_days: float) -> np.ndarray:
+    age = (pd.Timestamp(as_of) - days.distinct).dt.days.to_numpy(dtype=np.float64)
+    return days.per_row(np.power(0.5, age / half_life_days))  # elementwise: the same numbers as per row
 
 
 def _host(factors) -> np.ndarray:
@@ -144,12 +164,16 @@ def regime_weights(days: pd.Series, as_of: date, params: "ModelParams") -> np.nd
     (e.g. the evaluation model's training days, when the change point falls in the test days) is fitted
     exactly as without a change point.  Shape ``(len(days),)`` float64.
     """
-    if params.regime_start is None or len(days) == 0:
-        return np.ones(len(days))
+    return _regime_weights(_DayIndex(days), as_of, params)
+
+
+def _regime_weights(days: "_DayIndex", as_of: date, params: "ModelParams") -> np.ndarray:
+    if params.regime_start is None or days.n_rows == 0:
+        return np.ones(days.n_rows)
     start = pd.Timestamp(params.regime_start)
-    old = (pd.to_datetime(days) < start).to_numpy()
+    old = days.per_row((days.distinct < start).to_numpy())
     if old.all():
-        return np.ones(len(days))
+        return np.ones(days.n_rows)
     n_new = (pd.Timestamp(as_of) - start).days + 1
     return np.where(old, max(params.regime_decay ** n_new, params.regime_floor), 1.0)
 
@@ -172,8 +196,10 @@ def fit_model(train: pd.DataFrame, as_of: date, params: ModelParams, als_weight:
         raise ValueError("cannot fit a model on an empty training frame")
     import implicit  # imported lazily: it pulls in its BLAS setup
 
-    decay = recency_decay(train["day"], as_of, params.half_life_days)
-    decay = decay * regime_weights(train["day"], as_of, params)
+    days = _DayIndex(train["day"])  # the day column is parsed once, per distinct day
+    decay = _recency_decay(days, as_of, params.half_life_days)
+    if params.regime_start is not None:  # otherwise the weights are all 1 (x * 1.0 is x, bit for bit)
+        decay = decay * _regime_weights(days, as_of, params)
     matrices = Interactions.many(train, {
         "confidence": np.log1p(train["weight"].to_numpy(dtype=np.float64) * decay),
         "history": train["n_conversions"].to_numpy(dtype=np.float64) * decay,

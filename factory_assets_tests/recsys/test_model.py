@@ -7,8 +7,9 @@ from datetime import date, timedelta
 
 import numpy as np
 import pandas as pd
+import pytest
 
-from factory_assets.recsys.model import ModelParams, fit_model, regime_weights
+from factory_assets.recsys.model import ModelParams, fit_model, recency_decay, regime_weights
 
 
 def _frame() -> pd.DataFrame:
@@ -52,3 +53,64 @@ def test_fit_with_a_regime_start_equals_a_fit_on_rows_scaled_by_hand():
     untouched = fit_model(frame, as_of, replace(params, regime_start="2024-11-20"), 1.0)
     reference = fit_model(frame, as_of, params, 1.0)
     assert np.array_equal(untouched.user_factors, reference.user_factors)
+
+
+# --------------------------------------------------------------------------- per-distinct-day arithmetic
+def _day_columns() -> dict[str, pd.Series]:
+    """The same days as fresh date objects, as one shared object per day (read_window's columns, long enough for
+    the by-object path), as datetime64, with missing days."""
+    rng = np.random.default_rng(2)
+    offsets = np.sort(rng.integers(0, 40, 90_000))
+    distinct = np.empty(40, dtype=object)
+    distinct[:] = [date(2024, 10, 1) + timedelta(days=i) for i in range(40)]
+    fresh = pd.Series([date(2024, 10, 1) + timedelta(days=int(i)) for i in offsets], dtype=object)
+    missing = fresh.copy()
+    missing[rng.integers(0, len(fresh), 30)] = None
+    return {"fresh": fresh, "shared": pd.Series(distinct[offsets]), "shuffled": pd.Series(distinct[rng.permutation(offsets)]),
+            "datetime64": pd.to_datetime(fresh), "missing": missing, "small": fresh[:50]}
+
+
+@pytest.mark.parametrize("kind", list(_day_columns()))
+def test_decay_regime_weights_and_split_per_distinct_day_equal_the_per_row_formulas(kind):
+    from factory_assets.recsys.evaluation import temporal_split
+
+    days, as_of = _day_columns()[kind], date(2024, 11, 9)
+    # second method: the formulas on every row (the code before the per-distinct-day computation)
+    age = (pd.Timestamp(as_of) - pd.to_datetime(days)).dt.days.to_numpy(dtype=np.float64)
+    np.testing.assert_array_equal(recency_decay(days, as_of, 56.0), np.power(0.5, age / 56.0))
+    params = ModelParams(regime_start="2024-10-20", regime_decay=0.7, regime_floor=0.05)
+    old = (pd.to_datetime(days) < pd.Timestamp("2024-10-20")).to_numpy()
+    want = np.ones(len(days)) if old.all() else np.where(old, max(0.7 ** 21, 0.05), 1.0)  # only the old regime: 1
+    np.testing.assert_array_equal(regime_weights(days, as_of, params), want)
+    frame = pd.DataFrame({"day": days, "row": np.arange(len(days))})
+    split = temporal_split(frame, (date(2024, 10, 1), as_of), 7)
+    per_row = pd.to_datetime(days).dt.date
+    assert split.train["row"].tolist() == frame["row"][per_row < date(2024, 11, 3)].tolist()
+    assert split.test["row"].tolist() == frame["row"][per_row >= date(2024, 11, 3)].tolist()
+
+
+def test_fit_is_the_same_bytes_whatever_objects_or_dtype_hold_the_ids():
+    """read_window's shared objects, fresh str objects per row and categorical ids: one artefact."""
+    from factory_assets.recsys.artefact import model_arrays, npz_bytes
+
+    rng = np.random.default_rng(4)
+    n = 80_000  # long enough for the by-object factorisation
+    users, items = [f"u{i}" for i in range(300)], [f"i{i}" for i in range(60)]
+    distinct_days = np.empty(20, dtype=object)
+    distinct_days[:] = [date(2024, 11, 1) + timedelta(days=i) for i in range(20)]
+    u, i, d = rng.integers(0, 300, n), rng.integers(0, 60, n), np.sort(rng.integers(0, 20, n))
+    shared_u, shared_i = np.empty(300, dtype=object), np.empty(60, dtype=object)
+    shared_u[:], shared_i[:] = users, items
+    base = pd.DataFrame({"day": distinct_days[d], "user_id": shared_u[u], "item_id": shared_i[i],
+                         "weight": rng.gamma(1.0, 2.0, n), "n_conversions": rng.poisson(0.2, n)})
+    base = base.drop_duplicates(["day", "user_id", "item_id"]).reset_index(drop=True)
+    from factory_assets.recsys.matrix import _SHARED_SAMPLE
+
+    assert len(base) > 4 * _SHARED_SAMPLE  # the by-object path of recsys.matrix.factorize
+    fresh = base.assign(day=[date.fromordinal(x.toordinal()) for x in base["day"]],
+                        user_id=["".join(["", x]) for x in base["user_id"]], item_id=["".join(["", x]) for x in base["item_id"]])
+    categorical = base.assign(user_id=base["user_id"].astype("category"), item_id=base["item_id"].astype("category"))
+    params = ModelParams(model_kind="blend", factors=8, iterations=3, regime_start="2024-11-15")
+    digests = {name: npz_bytes(model_arrays(fit_model(f, date(2024, 11, 20), params, 1.0)))
+               for name, f in (("shared", base), ("fresh", fresh), ("categorical", categorical))}
+    assert digests["shared"] == digests["fresh"] == digests["categorical"]
