@@ -1,7 +1,7 @@
 """Peak memory (RSS): a daily cycle at 1M events/day, and the service with the Online Retail model loaded.
 
     python benchmarks/memory.py [--json OUT] [--events 1000000] [--cycle-json OVERHEAD.json] [--skip-cycle]
-                                [--or-path PATH] [--or-home HOME] [--requests 200] [--quick]
+                                [--skip-service] [--or-path PATH] [--or-home HOME] [--requests 200] [--quick]
 
 1. *Daily cycle*: one ``daily_ingest`` + ``daily_training`` through Dagster (in-process executor, fixed
    candidate parameters, 28 days of history at ``--events`` per day and a champion; exactly the cycle of
@@ -132,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cycle-json", help="take the cycle's peak RSS from this factory_overhead.py JSON")
     p.add_argument("--model", choices=("ranker", "blend"), default="blend", help="candidate of a 1M cycle run here")
     p.add_argument("--skip-cycle", action="store_true")
+    p.add_argument("--skip-service", action="store_true", help="only the daily cycle (no Online Retail champion, no server)")
     p.add_argument("--or-path", default=str(c.OR_PATH))
     p.add_argument("--or-home", default=None, help="FACTORY_HOME for the Online Retail champion (default: bench cache)")
     p.add_argument("--requests", type=int, default=200)
@@ -152,7 +153,9 @@ def main(argv: list[str] | None = None) -> int:
                      "target MiB": CYCLE_TARGET_MIB if applies else "(1M only)",
                      "pass": ("pass" if cyc["peak_rss_mib"] <= CYCLE_TARGET_MIB else "MISS") if applies else ""})
     or_path = Path(args.or_path)
-    if not or_path.exists():
+    if args.skip_service:
+        out["service"] = {"skipped": "--skip-service"}
+    elif not or_path.exists():
         print(f"Online Retail data not found at {or_path}: service memory skipped")
         out["service"] = {"skipped": f"{or_path} not found"}
     else:

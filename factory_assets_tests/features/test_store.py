@@ -284,3 +284,40 @@ def test_frame_data_version_depends_on_content_dtype_and_order():
     assert warehouse.frame_data_version(a) != warehouse.frame_data_version(a.astype({"x": np.float64}))
     assert warehouse.frame_data_version(a) != warehouse.frame_data_version(a, salt="s")
     assert warehouse.frame_data_version(a.iloc[:0]) != warehouse.frame_data_version(a)
+
+
+def _window_by_pandas(con, start: date, end: date) -> pd.DataFrame:
+    """Second method: DuckDB's own pandas conversion (a Python object per row), as read_window was first written."""
+    frame = con.execute(
+        f"SELECT day, user_id, item_id, weight, n_conversions, n_views, n_carts, n_returns FROM {USER_ITEM_DAILY} "
+        "WHERE day BETWEEN ? AND ? ORDER BY day, user_id, item_id", [start, end]).df()
+    frame["day"] = pd.to_datetime(frame["day"]).dt.date
+    return frame
+
+
+def test_read_window_equals_duckdbs_pandas_conversion_with_one_object_per_distinct_value(con, monkeypatch):
+    rng = np.random.default_rng(0)
+    users = ["u1", "u10", "u9", "U2", "é", "e", "ab", "a", "日本", "z" * 40]
+    rows = []
+    for day in (DAY1, DAY2, DAY3):
+        for n, (u, i) in enumerate(zip(rng.choice(users, 300), rng.choice(["A", "B", "b", "Ä", "i10", "i9"], 300))):
+            kind = ("view", "add_to_cart", "purchase", "return", "rating")[n % 5]
+            rows.append((f"{day}-{n}", str(u), str(i), kind, f"{8 + n % 10:02d}:{n % 60:02d}", 1 + n % 3, float(n % 7)))
+    for day in (DAY1, DAY2, DAY3):
+        write(con, day, [r for r in rows if r[0].startswith(str(day))])
+        store.build_partition(con, USER_ITEM_DAILY, day)
+    monkeypatch.setattr(store, "_BATCH_ROWS", 64)  # many record batches: ids first seen in later batches too
+    for start, end in ((DAY1, DAY3), (DAY2, DAY2), (DAY3, date(2024, 12, 1)), (date(2024, 12, 1), date(2024, 12, 9))):
+        got, want = store.read_window(con, start, end), _window_by_pandas(con, start, end)
+        pd.testing.assert_frame_equal(got, want, check_exact=True)  # values, dtypes, column and row order
+        for column in ("day", "user_id", "item_id"):
+            assert all(type(a) is type(b) for a, b in zip(got[column], want[column]))
+            assert len({id(v) for v in got[column]}) == got[column].nunique()  # shared objects
+    assert len(store.read_window(con, DAY1, DAY3)) > 2 * 64  # read in several batches
+
+
+def test_read_window_on_a_connection_with_an_unread_result(con):
+    write(con, DAY1, DAY1_EVENTS)
+    store.build_partition(con, USER_ITEM_DAILY, DAY1)
+    con.execute("SELECT * FROM range(100000)").fetchone()  # left unfinished, as callers do
+    assert store.read_window(con, DAY1, DAY1)["user_id"].tolist() == ["u1", "u2", "u2", "u3"]
