@@ -319,7 +319,12 @@ def check_settings() -> None:
     settings.partition_start()
     settings.window_days()
     settings.history_days()
-    settings.executor_name()
+    from factory_assets.executors import MissingExecutorPackage, executor_for
+
+    try:
+        executor_for()  # celery / k8s: is the integration package installed?
+    except MissingExecutorPackage as exc:
+        raise settings.SettingsError(str(exc)) from exc
     settings.als_gpu()
 
 
@@ -328,6 +333,8 @@ def _dispatch(args) -> int:
     from factory_assets.service import cli as service_cli
 
     if args.command in ("run", "demo", "dev"):
+        if getattr(args, "source", None):  # --source overrides FACTORY_SOURCE (run() sets it the same way)
+            os.environ["FACTORY_SOURCE"] = args.source
         check_settings()
     if args.command == "dev":
         return dev(args.extra)
@@ -335,14 +342,15 @@ def _dispatch(args) -> int:
         return models_cli.main(args)
     if args.command == "serve":
         return service_cli.main(args)
-    if args.command == "demo":
-        return demo(args)
     try:
+        if args.command == "demo":
+            return demo(args)
         summary = run(args)
-    except SystemExit as exc:  # a refused input: with --json, stdout still carries exactly one document
-        if args.json and isinstance(exc.code, str):
-            json.dump({"error": exc.code}, sys.stdout)
-            sys.stdout.write("\n")
+    except SystemExit as exc:  # a refused input: exit status 2; with --json, stdout still carries one document
+        if isinstance(exc.code, str):
+            if args.json:
+                json.dump({"error": exc.code}, sys.stdout)
+                sys.stdout.write("\n")
             print(exc.code, file=sys.stderr)
             return 2
         raise

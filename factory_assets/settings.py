@@ -30,7 +30,7 @@ from __future__ import annotations
 import os
 import shutil
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
 class SettingsError(ValueError):
@@ -47,6 +47,7 @@ SOURCE_WINDOW_DAYS: dict[str, int] = {"simulator": 28, "online_retail": 28, "mov
 # where old behaviour should fade fast (the simulator's preference shifts).
 SOURCE_HISTORY_DAYS: dict[str, int] = {"simulator": 0, "online_retail": 90, "movielens": 0, "folder": 0}
 HOLDOUT_DAYS = 7
+MAX_DAYS = 3660  # longest window or history in days (ten years): beyond it dates overflow, nothing is gained
 
 # The project's instance configuration (pools, telemetry), copied into a fresh Dagster home.
 PROJECT_DAGSTER_YAML = Path(__file__).resolve().parents[1] / "dagster.yaml"
@@ -119,13 +120,19 @@ def partition_start() -> str:
     """First daily partition key (ISO date), from ``FACTORY_PARTITION_START``.
 
     Raises:
-        SettingsError (a ValueError): if it is not an ISO ``YYYY-MM-DD`` date.
+        SettingsError (a ValueError): if it is not an ISO ``YYYY-MM-DD`` date, or not between 1970-01-01 and
+            the last complete UTC day (a later start has no partition yet; Dagster's keys need 4-digit years).
     """
     raw = os.environ.get("FACTORY_PARTITION_START", DEFAULT_PARTITION_START)
     try:
-        return date.fromisoformat(raw).isoformat()
+        day = date.fromisoformat(raw)
     except ValueError as exc:
         raise SettingsError(f"FACTORY_PARTITION_START={raw!r} is not an ISO date (YYYY-MM-DD)") from exc
+    last = datetime.now(timezone.utc).date() - timedelta(days=1)
+    if not date(1970, 1, 1) <= day <= last:
+        raise SettingsError(f"FACTORY_PARTITION_START={raw!r} must lie between 1970-01-01 and the last complete UTC "
+                            f"day, {last.isoformat()}")
+    return day.isoformat()
 
 
 def window_days(source: str | None = None) -> int:
@@ -142,6 +149,8 @@ def window_days(source: str | None = None) -> int:
         if days <= HOLDOUT_DAYS + 7:
             raise SettingsError(f"FACTORY_WINDOW_DAYS={raw!r}: the training window must be longer than "
                                 f"{HOLDOUT_DAYS + 7} days (a {HOLDOUT_DAYS}-day test and a week to train on)")
+        if days > MAX_DAYS:
+            raise SettingsError(f"FACTORY_WINDOW_DAYS={raw!r}: at most {MAX_DAYS} days")
     else:
         days = SOURCE_WINDOW_DAYS[source or source_name()]
     return days
@@ -151,7 +160,7 @@ def history_days(source: str | None = None) -> int:
     """Days of purchase history (as of each fit) for the ranker: ``FACTORY_HISTORY_DAYS`` or the source's own.
 
     Raises:
-        SettingsError (a ValueError): if ``FACTORY_HISTORY_DAYS`` is not a non-negative integer.
+        SettingsError (a ValueError): if ``FACTORY_HISTORY_DAYS`` is not a whole number in ``0..MAX_DAYS``.
     """
     raw = os.environ.get("FACTORY_HISTORY_DAYS")
     if raw is None or not raw.strip():
@@ -160,8 +169,8 @@ def history_days(source: str | None = None) -> int:
         days = int(raw)
     except ValueError:
         days = -1
-    if days < 0:
-        raise SettingsError(f"FACTORY_HISTORY_DAYS={raw!r} is not a whole number of days >= 0")
+    if not 0 <= days <= MAX_DAYS:
+        raise SettingsError(f"FACTORY_HISTORY_DAYS={raw!r} is not a whole number of days in 0..{MAX_DAYS}")
     return days
 
 

@@ -34,10 +34,10 @@ def _isolated_env(monkeypatch, tmp_path):
         (["--source", "movielens", "--path", "/nonexistent/ratings.csv", "--start", "2011-10-01", "--end", "2011-11-30"], "does not exist"),
     ],
 )
-def test_bad_ranges_and_sources_are_refused_with_a_clear_message(argv, message):
-    with pytest.raises(SystemExit) as exc:
-        cli.main(["run", *argv])
-    assert message in str(exc.value)
+def test_bad_ranges_and_sources_are_refused_with_a_clear_message(argv, message, capsys):
+    assert cli.main(["run", *argv]) == 2
+    out, err = capsys.readouterr()
+    assert message in err and out == ""
 
 
 def test_with_json_a_refused_input_is_still_one_document_on_stdout(capsys):
@@ -50,7 +50,9 @@ def test_with_json_a_refused_input_is_still_one_document_on_stdout(capsys):
 @pytest.mark.parametrize(
     ("name", "value"),
     [("FACTORY_SOURCE", "bogus"), ("FACTORY_PARTITION_START", "notadate"), ("FACTORY_WINDOW_DAYS", "abc"),
-     ("FACTORY_WINDOW_DAYS", "7"), ("FACTORY_HISTORY_DAYS", "-3"), ("FACTORY_EXECUTOR", "slurm"), ("FACTORY_ALS_GPU", "maybe")],
+     ("FACTORY_WINDOW_DAYS", "7"), ("FACTORY_HISTORY_DAYS", "-3"), ("FACTORY_EXECUTOR", "slurm"), ("FACTORY_ALS_GPU", "maybe"),
+     ("FACTORY_PARTITION_START", "2999-01-01"), ("FACTORY_PARTITION_START", "0001-01-01"),
+     ("FACTORY_HISTORY_DAYS", "800000"), ("FACTORY_WINDOW_DAYS", "99999999999")],
 )
 def test_a_bad_setting_is_one_line_naming_it_not_a_traceback(monkeypatch, capsys, name, value):
     monkeypatch.setenv(name, value)
@@ -63,11 +65,27 @@ def test_a_bad_setting_is_one_line_naming_it_not_a_traceback(monkeypatch, capsys
     assert cli.main(["dev", "--help"]) == 2
 
 
+def test_an_executor_whose_package_is_missing_is_one_line(monkeypatch, capsys):
+    from factory_assets import executors
+
+    monkeypatch.setitem(executors.OPTIONAL_EXECUTORS, "celery", ("no_such_module_xyz", "x", "celery", "dagster-celery"))
+    monkeypatch.setenv("FACTORY_EXECUTOR", "celery")
+    assert cli.main(["run", "--json"]) == 2
+    out, err = capsys.readouterr()
+    assert json.loads(out)["error"].startswith("factory: FACTORY_EXECUTOR=celery needs the dagster-celery package")
+    assert "Traceback" not in err
+
+
+def test_source_flag_overrides_a_bad_factory_source(monkeypatch, capsys):
+    monkeypatch.setenv("FACTORY_SOURCE", "bogus")
+    assert cli.main(["run", "--source", "online_retail", "--start", "2011-10-01", "--end", "2011-11-30"]) == 2
+    assert "needs --path" in capsys.readouterr().err  # got past the settings: the flag's source was used
+
+
 @pytest.mark.parametrize(("text", "message"), [("", "is empty"), ("abc", "not a comma-separated"), ("99", "in 0..10")])
-def test_demo_refuses_bad_strengths_before_running_anything(text, message):
-    with pytest.raises(SystemExit) as exc:
-        cli.main(["demo", "--strengths", text])
-    assert message in str(exc.value)
+def test_demo_refuses_bad_strengths_before_running_anything(text, message, capsys):
+    assert cli.main(["demo", "--strengths", text]) == 2
+    assert message in capsys.readouterr().err
 
 
 def test_factory_run_stops_at_the_first_failed_ingest_day(tmp_path, capsys):

@@ -148,7 +148,7 @@ class CandidateConfig(Config):
                                 description="drift re-weighting: days before the change point weigh decay ** (new days)")
     regime_floor: float = Field(default=_DEFAULTS.regime_floor, description="drift re-weighting: their smallest weight")
     history_days: int | None = Field(
-        default=None, ge=0,
+        default=None, ge=0, le=settings.MAX_DAYS,
         description="ranker: days of purchase history before each fit's as-of day (0 = off); None = the source's "
                     "setting (FACTORY_HISTORY_DAYS; Online Retail 90, others 0)")
 

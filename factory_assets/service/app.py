@@ -119,7 +119,7 @@ class ServiceConfig:
         from ``FACTORY_SERVE_CATALOGUE`` / ``FACTORY_SERVE_EXCLUDED`` (files, one item id per line)."""
         from factory_assets import settings
 
-        source = os.environ.get("FACTORY_SOURCE", settings.DEFAULT_SOURCE)
+        source = overrides.get("source") or settings.source_name()  # raises SettingsError for an unknown name
         landing = os.environ.get("FACTORY_SERVE_LANDING") or (
             os.environ.get("FACTORY_SOURCE_PATH") if source == "folder" else None
         )
@@ -705,8 +705,9 @@ def create_app(config: ServiceConfig | None = None) -> FastAPI:
         """Route dependency: runs before the body is validated, so a caller without the token learns nothing
         about the body (401, never 422)."""
         if not authorised(request):
-            raise StarletteHTTPException(401, "admin calls need 'Authorization: Bearer <FACTORY_ADMIN_TOKEN>'",
-                                         headers={"WWW-Authenticate": "Bearer"})
+            detail = ("admin calls need 'Authorization: Bearer <FACTORY_ADMIN_TOKEN>'" if service.config.admin_token
+                      else "the admin API is disabled: the server was started without FACTORY_ADMIN_TOKEN")
+            raise StarletteHTTPException(401, detail, headers={"WWW-Authenticate": "Bearer"})
 
     @app.post("/admin/reload", tags=["admin"], dependencies=[Depends(admin_guard)])
     def admin_reload(request: Request):
@@ -858,6 +859,12 @@ def serve(host: str = "127.0.0.1", port: int = 8000, config: ServiceConfig | Non
     """Run the service with uvicorn until interrupted (``factory serve``)."""
     import uvicorn
 
+    config = config or ServiceConfig.from_env()
+    if not config.layout.aliases.exists():
+        log.warning("no champion alias under %s (nothing trained for source %r in this home?): the service answers "
+                    "503 until one is promoted", config.layout.aliases, config.source)
+    if not config.admin_token:
+        log.warning("FACTORY_ADMIN_TOKEN is not set: every admin call is refused with 401")
     app = create_app(config)
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
     return 0

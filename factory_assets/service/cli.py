@@ -21,12 +21,19 @@ def add_parser(sub) -> None:
 
 def main(args) -> int:
     """``factory serve``: configuration from the environment, overridden by the flags."""
-    from factory_assets.service.app import ServiceConfig, serve
+    import sys
 
-    config = ServiceConfig.from_env(
-        home=Path(args.home).expanduser().resolve() if args.home else None,
-        source=args.source,
-        landing_dir=Path(args.landing).expanduser().resolve() if args.landing else None,
-        poll_interval_s=args.poll_interval,
-    )
+    from factory_assets.service.app import ServiceConfig, serve
+    from factory_assets.settings import SettingsError
+
+    try:
+        config = ServiceConfig.from_env(
+            home=Path(args.home).expanduser().resolve() if args.home else None,
+            source=args.source,
+            landing_dir=Path(args.landing).expanduser().resolve() if args.landing else None,
+            poll_interval_s=args.poll_interval,
+        )
+    except SettingsError as exc:  # a bad FACTORY_* variable: one line, not a traceback
+        print(f"factory serve: {exc}", file=sys.stderr)
+        return 2
     return serve(args.host, args.port, config, args.log_level)

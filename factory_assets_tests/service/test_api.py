@@ -173,6 +173,7 @@ def test_admin_calls_need_the_token(home, make_client, headers):
                        ("/admin/rollback", {"to_version": "not a number"})):
         r = client.post(path, json=body, headers=headers)
         assert r.status_code == 401 and r.json()["error"] == "unauthorized", (path, body, r.text)
+        assert "Bearer <FACTORY_ADMIN_TOKEN>" in r.text
         assert r.headers["WWW-Authenticate"] == "Bearer"
 
 
@@ -182,6 +183,7 @@ def test_no_token_configured_refuses_every_admin_call(home, make_client):
     for headers in ({}, {"Authorization": "Bearer "}, {"Authorization": "Bearer None"}, AUTH):
         assert client.post("/admin/reload", headers=headers).status_code == 401
         assert client.post("/admin/rollback", json={"reason": "x"}, headers=headers).status_code == 401
+    assert "admin API is disabled" in str(client.post("/admin/reload").json())  # says why, not "send a token"
     assert make_client(admin_token=TOKEN).post("/admin/reload", headers=AUTH).status_code == 200
 
 

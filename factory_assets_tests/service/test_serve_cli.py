@@ -26,6 +26,15 @@ def test_factory_serve_delegates_to_the_service(monkeypatch, home, tmp_path):
     assert config.source == "simulator"
 
 
+def test_factory_serve_refuses_a_bad_source_in_one_line(monkeypatch, capsys):
+    monkeypatch.setenv("FACTORY_SOURCE", "online-retail")  # a typo: it would serve nothing, forever, with 503
+    assert cli.main(["serve"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "factory serve: FACTORY_SOURCE='online-retail' is not one of simulator, online_retail, movielens, folder")
+    with pytest.raises(SystemExit):  # the flag is checked by argparse
+        cli.main(["serve", "--source", "bogus"])
+
+
 def test_config_from_env_uses_the_folder_source_path_as_landing(monkeypatch, tmp_path):
     from factory_assets.service.app import ServiceConfig
 
