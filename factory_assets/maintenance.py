@@ -151,6 +151,18 @@ def _online_tables_with_users(con: duckdb.DuckDBPyConnection) -> list[str]:
     return [r[0] for r in rows if r[0].isidentifier()]
 
 
+def manifest_inputs(manifest: dict) -> list[dict]:
+    """Every input partition a model manifest names, once: the window's and its long purchase history's
+    (``[{"asset", "partition", "data_version", "row_count"}]``, window first)."""
+    seen, out = set(), []
+    for entry in manifest.get("window", {}).get("inputs", []) + ((manifest.get("history") or {}).get("inputs") or []):
+        key = (entry["asset"], entry["partition"])
+        if key not in seen:
+            seen.add(key)
+            out.append(entry)
+    return out
+
+
 def stale_inputs(con: duckdb.DuckDBPyConnection, manifest: dict) -> list[dict]:
     """Input partitions of a model manifest whose data version changed (or vanished) since it was trained.
 
@@ -158,8 +170,7 @@ def stale_inputs(con: duckdb.DuckDBPyConnection, manifest: dict) -> list[dict]:
         ``[{"asset", "partition", "trained_on", "now"}]`` (``now`` is None for a deleted partition); empty
         when the model is up to date with its inputs.
     """
-    inputs = pd.DataFrame(manifest["window"]["inputs"] + ((manifest.get("history") or {}).get("inputs") or []))
-    inputs = inputs.drop_duplicates(["asset", "partition"]) if not inputs.empty else inputs
+    inputs = pd.DataFrame(manifest_inputs(manifest))
     if inputs.empty:
         return []
     current = con.execute(f"SELECT asset, partition_day, data_version FROM {LEDGER}").df()

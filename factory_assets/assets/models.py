@@ -201,8 +201,11 @@ def candidate_model(context: AssetExecutionContext, config: CandidateConfig, fac
         if params.model_kind == "ranker" and params.history_days > 0:
             # every fit reads history_days before its own as-of day: the earliest as-of is after the window's start
             history, history_manifest = retrieval.purchase_history(con, end, params.history_days + (end - start).days)
-            context.log.info(f"purchase history: {len(history_manifest['inputs'])} of {history_manifest['days']} "
-                             f"days present, {len(history)} converting rows")
+            present = len(history_manifest["inputs"])
+            (context.log.warning if history_manifest["missing"] else context.log.info)(
+                f"purchase history: {present} of {history_manifest['days']} days present, {len(history)} converting rows"
+                + (f"; missing {history_manifest['missing'][0]}..{history_manifest['missing'][-1]} (ingest them "
+                   "to give the fits their full history)" if history_manifest["missing"] else ""))
     if regime is not None:
         context.log.info(f"behaviour drift since {regime}: the days before it are down-weighted in the fits")
     result = train_candidate(frame, (start, end), HOLDOUT_DAYS, params, history=history)

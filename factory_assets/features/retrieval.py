@@ -235,7 +235,8 @@ def purchase_history(con: duckdb.DuckDBPyConnection, end: date, days: int) -> tu
     Returns:
         ``(frame, inputs)``: ``frame`` columns ``day`` (``datetime.date``), ``user_id``, ``item_id`` (str),
         ``n_conversions`` (int64), rows with ``n_conversions > 0`` only; ``inputs`` ``{"start", "end", "days",
-        "inputs": [{asset, partition, data_version, row_count}]}`` of the ledger partitions in the range.
+        "inputs": [{asset, partition, data_version, row_count}], "missing": [iso days]}``: the ledger
+        partitions in the range, and the days of the range that were never materialised.
     Raises:
         ValueError: if ``days`` < 1.
     """
@@ -255,7 +256,9 @@ def purchase_history(con: duckdb.DuckDBPyConnection, end: date, days: int) -> tu
         {"asset": USER_ITEM_DAILY, "partition": d.isoformat(), "data_version": str(dv), "row_count": int(n)}
         for d, dv, n in zip(present["partition_day"], present["data_version"], present["row_count"])
     ]
-    return frame, {"start": start.isoformat(), "end": end.isoformat(), "days": days, "inputs": inputs}
+    have = set(present["partition_day"])
+    missing = [d.isoformat() for d in (start + timedelta(days=i) for i in range(days)) if d not in have]
+    return frame, {"start": start.isoformat(), "end": end.isoformat(), "days": days, "inputs": inputs, "missing": missing}
 
 
 def materialize_online(con: duckdb.DuckDBPyConnection, view_name: str, as_of: datetime | pd.Timestamp) -> dict:

@@ -249,7 +249,7 @@ def _lineage(con: duckdb.DuckDBPyConnection, manifest: dict) -> dict:
     from factory_assets.warehouse import LEDGER, RAW_EVENTS
 
     window = manifest.get("window", {})
-    inputs = window.get("inputs", [])
+    inputs = maintenance.manifest_inputs(manifest)  # the window's and the purchase history's partitions
     stale = maintenance.stale_inputs(con, manifest) if inputs else []
     stale_keys = {(s["asset"], s["partition"]): s["now"] for s in stale}
     ledger = {
@@ -280,6 +280,8 @@ def _lineage(con: duckdb.DuckDBPyConnection, manifest: dict) -> dict:
         })
     return {
         "window": {k: window.get(k) for k in ("start", "end", "days", "window_version")},
+        "purchase_history": None if not manifest.get("history") else
+        {k: manifest["history"].get(k) for k in ("start", "end", "days", "missing")},
         "feature_versions": manifest.get("feature_versions", {}),
         "feature_partitions": features,
         "event_partitions": events,
@@ -369,10 +371,16 @@ def diff_versions(layout: HomeLayout, a: int, b: int, timeout_s: float = DEFAULT
     for name in sorted(set(bases["a"]) | set(bases["b"])):
         va, vb = bases["a"].get(name, {}).get("ndcg_at_10"), bases["b"].get(name, {}).get("ndcg_at_10")
         baselines[name] = {"a": va, "b": vb, "delta": vb - va if _number(va) and _number(vb) else None}
-    pa, pb = manifests["a"].get("params", {}), manifests["b"].get("params", {})
+    from dataclasses import asdict
+
+    from factory_assets import maintenance
+    from factory_assets.recsys.model import ModelParams
+
+    defaults = asdict(ModelParams())  # a manifest leaves out parameters added later at their default (history_days 0)
+    pa, pb = ({**defaults, **manifests[k].get("params", {})} for k in ("a", "b"))
     params = {n: {"a": pa.get(n), "b": pb.get(n)} for n in sorted(set(pa) | set(pb)) if pa.get(n) != pb.get(n)}
     ins = {
-        k: {(i["asset"], i["partition"]): i["data_version"] for i in m.get("window", {}).get("inputs", [])}
+        k: {(i["asset"], i["partition"]): i["data_version"] for i in maintenance.manifest_inputs(m)}
         for k, m in manifests.items()
     }
     differ, same = [], 0
@@ -496,6 +504,10 @@ def _print_show(doc: dict, out) -> None:
         print(f"  lineage: window {w['start']}..{w['end']} ({w['days']} days, version {str(w['window_version'])[:12]}…), "
               f"{len(lineage['feature_partitions'])} feature partitions, {len(lineage['event_partitions'])} event "
               f"partitions; {'all inputs current' if not n_stale else str(n_stale) + ' inputs changed since training'}", file=out)
+        h = lineage.get("purchase_history")
+        if h:
+            print(f"  purchase history: {h['start']}..{h['end']} ({h['days']} days"
+                  + (f", {len(h['missing'])} never ingested" if h.get("missing") else "") + ")", file=out)
         for s in lineage["stale"]:
             print(f"    stale {s['asset']} {s['partition']}: trained on {s['trained_on'][:12]}…, now {str(s['now'])[:12]}…", file=out)
 

@@ -35,6 +35,11 @@ def test_purchase_history_reads_converting_rows_and_names_its_partitions(ingeste
     assert len(frame) == expected > 0 and (frame["n_conversions"] > 0).all()
     assert min(frame["day"]) == LAST_DAY - timedelta(days=9) and max(frame["day"]) == LAST_DAY
     assert inputs["start"] == (LAST_DAY - timedelta(days=9)).isoformat() and len(inputs["inputs"]) == ledger_rows == 10
+    assert inputs["missing"] == []
+    with _con(ingested_home) as con:  # the home starts on FIRST_DAY: the 3 days before it are missing
+        _, early = retrieval.purchase_history(con, FIRST_DAY + timedelta(days=1), 5)
+    assert early["missing"] == [(FIRST_DAY - timedelta(days=i)).isoformat() for i in (3, 2, 1)]
+    assert [i["partition"] for i in early["inputs"]] == [FIRST_DAY.isoformat(), (FIRST_DAY + timedelta(days=1)).isoformat()]
     with _con(ingested_home) as con, pytest.raises(ValueError, match="days >= 1"):
         retrieval.purchase_history(con, LAST_DAY, 0)
 
@@ -50,6 +55,7 @@ def test_candidate_with_history_records_it_and_retrains_bit_for_bit(home_copy):
         assert manifest["params"]["history_days"] == HISTORY_DAYS
         assert manifest["history"]["days"] == HISTORY_DAYS + 27 and len(manifest["history"]["inputs"]) == HISTORY_DAYS + 27
         assert manifest["history"]["start"] == (LAST_DAY - timedelta(days=HISTORY_DAYS + 26)).isoformat()
+        assert manifest["history"]["missing"] == []
         assert "repeat_history" in manifest["evaluation"]["references"]
         served = load_manifest_model(row["manifest_path"], "served", row["manifest_sha256"])
         assert served.ranker.sources.long_days is not None
@@ -61,3 +67,27 @@ def test_candidate_with_history_records_it_and_retrains_bit_for_bit(home_copy):
         assert [s["partition"] for s in stale_inputs(con, manifest)] == [day_before.isoformat()]
         with pytest.raises(ValueError, match="inputs changed"):
             retrain_from_manifest(con, manifest)
+
+
+@pytest.mark.timeout(240)
+def test_models_show_and_diff_include_the_purchase_history(home_copy):
+    from factory_assets.registry.cli import diff_versions, show_version
+    from factory_assets.settings import HomeLayout
+
+    fixed = {"search_budget": 1, "ranker_c": 1.0}
+    assert train(small_factory(home_copy), LAST_DAY - timedelta(days=1), candidate={**fixed, "history_days": 0}).success
+    assert train(small_factory(home_copy), LAST_DAY, candidate={**fixed, "history_days": HISTORY_DAYS}).success
+    layout = HomeLayout(home_copy, "simulator")
+    shown = show_version(layout, 2)
+    history = shown["lineage"]["purchase_history"]
+    assert history == {"start": (LAST_DAY - timedelta(days=HISTORY_DAYS + 26)).isoformat(), "end": LAST_DAY.isoformat(),
+                       "days": HISTORY_DAYS + 27, "missing": []}
+    # window (2 views x 28 days) + the 7 user_item_daily days before it (8 days ending the window's first day)
+    assert len(shown["lineage"]["feature_partitions"]) == 2 * 28 + HISTORY_DAYS - 1
+    assert show_version(layout, 1)["lineage"]["purchase_history"] is None
+    diff = diff_versions(layout, 1, 2)
+    assert diff["params"]["history_days"] == {"a": 0, "b": HISTORY_DAYS}  # absent from v1's manifest: its default, 0
+    # v1's window ends the day before v2's: 27 shared days of both views, and v1's first user_item_daily day is
+    # in v2's history; v1 alone has its first item_daily day, v2 alone its last day (2 views) and 6 history days
+    assert diff["inputs"]["same"] == 2 * 27 + 1
+    assert len(diff["inputs"]["differ"]) == 1 + 2 + (HISTORY_DAYS - 2)
