@@ -20,7 +20,7 @@ With ``--json`` standard output is exactly one JSON document (logs go to standar
                     "segments": [...]},
      "checks": [{"name", "passed", "reason"}],
      "partitions": ["YYYY-MM-DD", ...], "trained": [{"partition", "version", "status", "reason"}],
-     "registry": {"versions", "promotions"}, "runs": [{"job", "partition", "run_id", "success"}],
+     "registry": {"versions", "promotions"}, "runs": [{"job", "partition", "run_id", "success", "error" (failed only)}],
      "elapsed_s"}
 
 ``evaluation`` and ``checks`` describe the last day's candidate; ``served_model`` (with ``partition_day``) is
@@ -132,8 +132,11 @@ def run(args: argparse.Namespace, simulator: dict | None = None, candidate: dict
             run_config=training_config if job_name == TRAINING_JOB else run_config, instance=instance, partition_key=day.isoformat(), raise_on_error=False,
             tags={"factory/cli": "run"},
         )
-        runs.append({"job": job_name, "partition": day.isoformat(), "run_id": result.run_id, "success": result.success})
-        log.info("%s %s: %s (run %s)", job_name, day, "ok" if result.success else "FAILED", result.run_id)
+        row = {"job": job_name, "partition": day.isoformat(), "run_id": result.run_id, "success": result.success}
+        if not result.success:
+            row["error"] = _failure(result)
+        runs.append(row)
+        log.info("%s %s: %s (run %s)", job_name, day, "ok" if result.success else f"FAILED: {row['error']}", result.run_id)
         return result.success
 
     for day in days:
@@ -182,12 +185,28 @@ def run(args: argparse.Namespace, simulator: dict | None = None, candidate: dict
     }
 
 
+def _failure(result) -> str:
+    """One line per failed step of an in-process run: ``step: first line of its error`` ("; "-joined)."""
+    lines = []
+    for event in result.get_step_failure_events():
+        error = getattr(event.event_specific_data, "error", None)
+        message = (error.message if error is not None else event.message or "failed").strip().splitlines()
+        first = message[0] if message else "failed"
+        head, sep, rest = first.partition(": ")
+        if error is not None and sep and head.rsplit(".", 1)[-1] == error.cls_name:  # "pkg.mod.Failure: text"
+            first = rest
+        lines.append(f"{event.step_key}: {first}")
+    return "; ".join(lines) or "the run failed (no step failure recorded; see the Dagster run log)"
+
+
 def _print_human(summary: dict) -> None:
     out = sys.stdout
     print(f"factory run: {summary['source']} {summary['range']['start']} .. {summary['range']['end']} "
           f"in {summary['elapsed_s']} s", file=out)
     failed = [r for r in summary["runs"] if not r["success"]]
     print(f"  runs: {len(summary['runs'])} ({len(failed)} failed)", file=out)
+    for row in failed:
+        print(f"    {row['job']} {row['partition']} failed: {row['error']}", file=out)
     for row in summary["trained"]:
         print(f"  candidate {row['partition']}: v{row['version']} {row['status']}", file=out)
     if summary["evaluation"]:

@@ -96,6 +96,7 @@ def test_factory_run_stops_at_the_first_failed_ingest_day(tmp_path, capsys):
     assert cli.main(args) == 1
     summary = json.loads(capsys.readouterr().out)
     assert [(r["job"], r["partition"], r["success"]) for r in summary["runs"]] == [("daily_ingest", "2018-01-01", False)]
+    assert summary["runs"][0]["error"].startswith("raw_events: ")  # the reason, not only a False
     assert summary["served_model"] is None and summary["trained"] == []
 
 
