@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
+
 class SettingsError(ValueError):
     """A factory environment variable has a value the factory cannot use (the message names it)."""
 
