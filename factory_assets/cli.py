@@ -312,20 +312,24 @@ def main(argv: list[str] | None = None) -> int:
         try:
             check_settings()
         except settings.SettingsError as exc:
-            print(f"factory: {exc}", file=sys.stderr)
-            return 2
+            return _refuse(f"factory: {exc}", as_json=False)
         return dev(argv[1:])
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
     try:
         return _dispatch(args)
     except settings.SettingsError as exc:  # a bad FACTORY_* variable: one line, not a traceback
-        message = f"factory: {exc}"
-        if getattr(args, "json", False):
-            json.dump({"error": message}, sys.stdout)
-            sys.stdout.write("\n")
-        print(message, file=sys.stderr)
-        return 2
+        return _refuse(f"factory: {exc}", getattr(args, "json", False))
+
+
+def _refuse(message: str, as_json: bool) -> int:
+    """A refused command: ``message`` on standard error (and ``{"error": message}`` as the one document on
+    standard output with ``--json``); returns the exit status, 2."""
+    if as_json:
+        json.dump({"error": message}, sys.stdout)
+        sys.stdout.write("\n")
+    print(message, file=sys.stderr)
+    return 2
 
 
 def check_settings() -> None:
@@ -367,11 +371,7 @@ def _dispatch(args) -> int:
         summary = run(args)
     except SystemExit as exc:  # a refused input: exit status 2; with --json, stdout still carries one document
         if isinstance(exc.code, str):
-            if args.json:
-                json.dump({"error": exc.code}, sys.stdout)
-                sys.stdout.write("\n")
-            print(exc.code, file=sys.stderr)
-            return 2
+            return _refuse(exc.code, args.json)
         raise
     if args.json:
         json.dump(summary, sys.stdout, indent=2, default=str)

@@ -112,14 +112,14 @@ def erase_user(con: duckdb.DuckDBPyConnection, user_id: str, reason: str) -> dic
     if not user_id:
         raise ValueError("user_id must be a non-empty string")
     days = [r[0] for r in con.execute(
-        f"SELECT DISTINCT partition_day FROM {RAW_EVENTS} WHERE user_id = ? ORDER BY 1", [user_id]
+        f"SELECT DISTINCT partition_day FROM {_ident(RAW_EVENTS)} WHERE user_id = ? ORDER BY 1", [user_id]
     ).fetchall()]
     new_versions: dict[str, str] = {}
     con.execute("BEGIN TRANSACTION")
     try:
-        rows = con.execute(f"SELECT count(*) FROM {RAW_EVENTS} WHERE user_id = ?", [user_id]).fetchone()[0]
-        con.execute(f"DELETE FROM {RAW_EVENTS} WHERE user_id = ?", [user_id])
-        con.execute(f"DELETE FROM {QUARANTINE} WHERE user_id = ?", [user_id])
+        rows = con.execute(f"SELECT count(*) FROM {_ident(RAW_EVENTS)} WHERE user_id = ?", [user_id]).fetchone()[0]
+        con.execute(f"DELETE FROM {_ident(RAW_EVENTS)} WHERE user_id = ?", [user_id])
+        con.execute(f"DELETE FROM {_ident(QUARANTINE)} WHERE user_id = ?", [user_id])
         for day in days:
             remaining = read_raw_partition(con, day)
             version = frame_data_version(remaining.sort_values("event_id", kind="stable").reset_index(drop=True))
@@ -173,7 +173,7 @@ def stale_inputs(con: duckdb.DuckDBPyConnection, manifest: dict) -> list[dict]:
     inputs = pd.DataFrame(manifest_inputs(manifest))
     if inputs.empty:
         return []
-    current = con.execute(f"SELECT asset, partition_day, data_version FROM {LEDGER}").df()
+    current = con.execute(f"SELECT asset, partition_day, data_version FROM {_ident(LEDGER)}").df()
     current["partition"] = pd.to_datetime(current["partition_day"]).dt.date.astype(str)
     merged = inputs.merge(current[["asset", "partition", "data_version"]], on=["asset", "partition"], how="left", suffixes=("", "_now"))
     changed = merged[merged["data_version"] != merged["data_version_now"]]

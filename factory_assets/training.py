@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from factory_assets.recsys import baselines as baseline_scores
+from factory_assets.recsys.candidates import history_as_of
 from factory_assets.recsys.evaluation import (
     K,
     EvalSet,
@@ -137,7 +138,7 @@ def train_candidate(window: pd.DataFrame, bounds: tuple[date, date], holdout_day
         # the repeat baseline given the same long history as the ranker (a reference; the gate's baseline
         # stays the protocol's: the training days only)
         references["repeat_history"] = evaluate(
-            baseline_scores.repeat_scores(history_until(history, split.train_days[1], params.history_days),
+            baseline_scores.repeat_scores(history_as_of(history, split.train_days[1], params.history_days)[0],
                                           eval_set.user_ids, eval_set.catalogue), eval_set)
     return CandidateResult(
         cold_start=cold_start_report(split, eval_set, eval_model),
@@ -150,12 +151,6 @@ def train_candidate(window: pd.DataFrame, bounds: tuple[date, date], holdout_day
         baselines=evaluate_baselines(split.train, eval_set),
         references=references,
     )
-
-
-def history_until(history: pd.DataFrame, as_of: date, days: int) -> pd.DataFrame:
-    """The rows of ``history`` in the ``days`` days ending ``as_of`` (inclusive): what a fit as of that day reads."""
-    day = pd.to_datetime(history["day"]).dt.date
-    return history[(day <= as_of) & (day > as_of - timedelta(days=days))]
 
 
 def cold_start_report(split: TemporalSplit, eval_set: EvalSet, model: BlendModel) -> RankingReport | None:

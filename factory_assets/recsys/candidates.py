@@ -122,19 +122,26 @@ def fit_sources(
 LONG_RECENCY_HALF_LIFE_DAYS = 28.0
 
 
+def history_as_of(history: pd.DataFrame, as_of: date, days: int) -> tuple[pd.DataFrame, np.ndarray]:
+    """The rows of ``history`` in the ``days`` days ending ``as_of`` (inclusive), what a fit as of that day
+    reads, and their ages in days before ``as_of`` (int64, 0 on ``as_of``)."""
+    age = (pd.Timestamp(as_of) - pd.to_datetime(history["day"])).dt.days.to_numpy()
+    keep = (age >= 0) & (age < days)
+    return history[keep], age[keep]
+
+
 def long_history(history: pd.DataFrame, as_of: date, days: int, user_ids: np.ndarray, item_ids: np.ndarray) -> dict:
     """Point-in-time long purchase history: the conversions of the ``days`` days ending ``as_of`` (inclusive).
 
     ``history``: ``user_item_daily`` rows (``day``, ``user_id``, ``item_id``, ``n_conversions``) of any days;
     rows after ``as_of`` or before its first day are ignored, so one frame serves every as-of day of a
     candidate (label slices, evaluation model, served model).  Users and items outside the model's id space
-    are dropped.  Returns the :class:`SourceArrays` fields ``long_days``, ``long_conversions`` and
-    ``long_recency`` (CSR float32 ``(len(user_ids), len(item_ids))``).
+    are dropped.  Returns the :class:`SourceArrays` fields ``long_days``, ``long_conversions``, ``long_recency``
+    and ``long_due`` (CSR float32 ``(len(user_ids), len(item_ids))``) and ``long_converters`` (``(n_items,)``).
     """
-    day = pd.to_datetime(history["day"])
-    age = (pd.Timestamp(as_of) - day).dt.days.to_numpy()
-    keep = (age >= 0) & (age < days) & (history["n_conversions"].to_numpy() > 0)
-    rows = history.loc[keep, ["user_id", "item_id", "n_conversions"]].assign(age=age[keep])
+    rows, age = history_as_of(history, as_of, days)
+    keep = rows["n_conversions"].to_numpy() > 0
+    rows = rows.loc[keep, ["user_id", "item_id", "n_conversions"]].assign(age=age[keep])
     rows = rows.assign(user_id=rows["user_id"].astype(str), item_id=rows["item_id"].astype(str))
     per = rows.groupby(["user_id", "item_id"], sort=False).agg(n_days=("age", "nunique"), conv=("n_conversions", "sum"),
                                                               last=("age", "min"), first=("age", "max")).reset_index()

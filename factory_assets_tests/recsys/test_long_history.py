@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 
 from factory_assets.recsys import artefact, baselines, ranker
-from factory_assets.recsys.candidates import LONG_RECENCY_HALF_LIFE_DAYS, fit_sources, long_history
+from factory_assets.recsys.candidates import LONG_RECENCY_HALF_LIFE_DAYS, fit_sources, history_as_of, long_history
 from factory_assets.recsys.evaluation import evaluate
-from factory_assets.training import history_until, train_candidate
+from factory_assets.training import train_candidate
 from factory_assets_tests.recsys.test_ranker import SMALL, day, frame, synthetic
 
 USERS, ITEMS = np.array(["u1", "u2"]), np.array(["a", "b", "c"])
@@ -95,7 +95,7 @@ def test_repeat_history_reference_by_a_second_method(with_history):
     # second method: count the conversions of days train_end-29 .. train_end per (user, item) by hand
     end = result.split.train_days[1]
     rows = [r for r in history.itertuples() if 0 <= (end - r.day).days < 30]
-    assert len(history_until(history, end, 30)) == len(rows)
+    assert len(history_as_of(history, end, 30)[0]) == len(rows)
     expected = evaluate(baselines.repeat_scores(history.iloc[[r.Index for r in rows]], result.eval_set.user_ids,
                                                 result.eval_set.catalogue), result.eval_set)
     got = result.evaluation()["references"]["repeat_history"]
