@@ -1,6 +1,8 @@
 """The recommendation service: FastAPI app, alias watcher, background log writer, Prometheus metrics.
 
-Endpoints (OpenAPI at ``/docs``):
+Endpoints (OpenAPI at ``/openapi.json``, browsable at ``/docs`` (Swagger UI) and ``/redoc``; both pages load
+their JavaScript, CSS and icon from ``/docs-assets/``, the files the ``fastapi-offline`` package ships, so
+they work without internet):
 
 =================================  ===========================================================================
 ``GET /recommendations/{user_id}``  ``?k=10&exclude_purchased=false`` ->
@@ -10,7 +12,7 @@ Endpoints (OpenAPI at ``/docs``):
 ``GET /healthz``                    200 while the process runs
 ``GET /readyz``                     200 only when a verified champion is loaded, else 503
 ``GET /metrics``                    Prometheus text: requests, latency histogram, model versions, fallbacks
-``POST /admin/reload``              re-read the aliases now (bearer token)
+``POST /admin/reload``              re-read the aliases now (bearer token); an unchanged alias is a no-op
 ``POST /admin/rollback``            ``{"reason", "to_version"?}``: registry rollback, then reload (bearer token)
 =================================  ===========================================================================
 
@@ -28,6 +30,13 @@ prepared for serving *before* the reference is swapped; a failure is logged and 
 (``factory_serve_reload_failures_total``) and the old model keeps serving.  Preparing a learned-ranker model
 means scoring every known user once (:class:`~factory_assets.service.models.RankedLists`, in a niced child
 interpreter by default, ``factory_serve_model_load_seconds``), so a request is a lookup and a short merge.
+A pointer that still names the loaded manifest (same sha256; e.g. the file rewritten, or ``POST
+/admin/reload`` with nothing promoted) is not loaded again: its manifest and artefact are only re-hashed
+(:func:`~factory_assets.service.models.verify_pointer`) and the answer is ``"changed": false``.
+A champion alias file that disappears while serving is reported, not ignored: one WARNING line when it goes
+(and an INFO line when it comes back), ``last_error.champion`` on ``/readyz`` naming the missing file, and
+``factory_serve_alias_missing{role="champion"} 1``; the last loaded champion keeps serving meanwhile.  (A
+missing *shadow* alias is normal: the shadow was promoted or withdrawn, and is unloaded.)
 
 Logs: every answer is queued for a background thread that (1) scores the shadow model, when one is loaded, on
 the same request (never on the response path), (2) writes both lists to ``<home>/<source>/served_log/``
@@ -39,7 +48,9 @@ lets any consumer tell impressions from organic views.  Impression files are Par
 ``.<name>.part`` and renamed, so the folder source never reads half a file.
 
 Admin calls need ``Authorization: Bearer <FACTORY_ADMIN_TOKEN>`` (compared with :func:`hmac.compare_digest`);
-with no token configured every admin call gets 401.
+with no token configured every admin call gets 401.  The token is checked for every ``/admin/...`` path before
+the request reaches FastAPI (:class:`_AdminGuard`), so a caller without it gets 401 whatever the body: never
+400 (malformed JSON), 413 (too large) or 422 (invalid fields), and the body is not even read.
 """
 
 from __future__ import annotations
@@ -63,13 +74,16 @@ import pandas as pd
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from factory_assets import serving_log
 from factory_assets.recsys.artefact import atomic_write_bytes
 from factory_assets.registry import registry
 from factory_assets.service.models import (
+    AliasPointer,
     ItemFilter,
     LoadedModel,
     ModelHolder,
@@ -77,6 +91,8 @@ from factory_assets.service.models import (
     Recommendation,
     alias_stamp,
     load_alias,
+    read_pointer,
+    verify_pointer,
 )
 from factory_assets.settings import HomeLayout
 
@@ -87,6 +103,8 @@ MAX_BATCH = 1000
 MAX_BODY_BYTES = 256 * 1024
 MAX_USER_ID = 128
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+ADMIN_PREFIX = "/admin"
+DOCS_ASSETS_URL = "/docs-assets"  # where the Swagger UI / ReDoc files of fastapi-offline are served
 
 
 @dataclass
@@ -152,6 +170,7 @@ class Metrics:
         self.shadow_scored = 0
         self.log_rows = 0
         self.log_errors = 0
+        self.alias_missing: dict[str, int] = {registry.CHAMPION: 0}  # 1 while the alias file is gone
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
         with self._lock:
@@ -175,6 +194,10 @@ class Metrics:
         with self._lock:
             setattr(self, name, getattr(self, name) + n)
 
+    def set_alias_missing(self, role: str, missing: bool) -> None:
+        with self._lock:
+            self.alias_missing[role] = int(missing)
+
     def render(self, holder: ModelHolder) -> str:
         def esc(v: str) -> str:
             return v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
@@ -193,6 +216,9 @@ class Metrics:
                 out.append(f'factory_serve_request_duration_seconds_sum{{route="{esc(route)}"}} {self.latency_sum[route]:.6f}')
                 out.append(f'factory_serve_request_duration_seconds_count{{route="{esc(route)}"}} {cum}')
             rate = self.fallbacks / self.recommendations if self.recommendations else 0.0
+            out += ["# HELP factory_serve_alias_missing 1 while the role's alias file is missing "
+                    "(the last loaded model keeps serving).", "# TYPE factory_serve_alias_missing gauge"]
+            out += [f'factory_serve_alias_missing{{role="{role}"}} {n}' for role, n in sorted(self.alias_missing.items())]
             simple = [
                 ("recommendations_total", "counter", "Recommendation lists served.", self.recommendations),
                 ("fallback_total", "counter", "Lists served with the cold-start fallback.", self.fallbacks),
@@ -442,7 +468,11 @@ class LogWriter:
 
 # --------------------------------------------------------------------------------------------- the watcher
 class AliasWatcher:
-    """Polls the alias files and swaps in verified models; a refused change leaves the old model serving."""
+    """Polls the alias files and swaps in verified models; a refused change leaves the old model serving.
+
+    ``last_error[role]``: why the role's alias is not what is served (refused, or the champion's file gone),
+    None when it is; shown by ``/readyz``.
+    """
 
     def __init__(self, config: ServiceConfig, holder: ModelHolder, metrics: Metrics) -> None:
         self.config = config
@@ -450,12 +480,18 @@ class AliasWatcher:
         self.metrics = metrics
         self._stamps: dict[str, tuple | None] = {}
         self.last_error: dict[str, str | None] = {registry.CHAMPION: None, registry.SHADOW: None}
+        self._missing = False  # the champion's alias file is gone (reported once per change)
         self._lock = threading.Lock()  # serialises checks (watcher thread vs /admin/reload), not requests
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="serve-alias-watcher", daemon=True)
 
     def check(self, force: bool = False) -> dict:
-        """Reload each alias whose file changed (every alias when ``force``); return what happened per role."""
+        """Look at each alias whose file changed (every alias when ``force``); return what happened per role.
+
+        Per role: ``changed`` (a model was swapped in or the shadow unloaded), ``version`` (the one serving
+        now), ``previous_version`` on a swap, ``detail`` when the alias still names the loaded manifest
+        (nothing was loaded), ``error`` when the alias was refused or the champion's file is gone.
+        """
         out = {}
         with self._lock:
             for role in (registry.CHAMPION, registry.SHADOW):
@@ -467,15 +503,26 @@ class AliasWatcher:
         return out
 
     def _reload(self, role: str) -> dict:
+        """Act on the role's alias as it is now: load a changed pointer, re-verify an unchanged one."""
         current = getattr(self.holder, role)
         try:
-            loaded = load_alias(self.config.layout.aliases, role, self.config.item_filter, self.config.precompute_process)
+            pointer = read_pointer(self.config.layout.aliases, role)
+            if role == registry.CHAMPION and pointer is not None:
+                self._champion_alias_present()
+            if pointer is not None and current is not None and pointer.sha256 == current.sha256:
+                return self._unchanged(role, current, pointer)
+            loaded = None if pointer is None else load_alias(
+                self.config.layout.aliases, role, self.config.item_filter, self.config.precompute_process)
         except ModelLoadError as exc:
+            if role == registry.CHAMPION:
+                self._champion_alias_present()  # an alias file is there (read_pointer returns None when not)
             log.error("refusing the new %s: %s; %s keeps serving", role, exc,
                       f"v{current.version}" if current else "nothing")
             self.metrics.bump("reload_failures")
             self.last_error[role] = str(exc)
             return {"changed": False, "error": str(exc), "version": current.version if current else None}
+        if loaded is None and role == registry.CHAMPION:
+            return self._champion_alias_missing(current)
         self.last_error[role] = None
         if loaded is None:
             if role == registry.SHADOW and current is not None:
@@ -488,6 +535,40 @@ class AliasWatcher:
         self.metrics.bump("reloads")
         log.info("%s now v%s (%s)", role, loaded.version, loaded.sha256[:12])
         return {"changed": True, "version": loaded.version, "previous_version": current.version if current else None}
+
+    def _unchanged(self, role: str, current: LoadedModel, pointer: AliasPointer) -> dict:
+        """The alias names the manifest already loaded: re-hash its files, load and precompute nothing."""
+        try:
+            verify_pointer(pointer)
+        except ModelLoadError as exc:
+            error = f"{exc}; v{current.version} keeps serving (verified when it was loaded)"
+            log.error("the files of the serving %s changed on disk: %s", role, error)
+            self.metrics.bump("reload_failures")
+            self.last_error[role] = error
+            return {"changed": False, "error": error, "version": current.version}
+        self.last_error[role] = None
+        return {"changed": False, "version": current.version,
+                "detail": f"the alias still names manifest {pointer.sha256[:12]} (artefact verified): nothing reloaded"}
+
+    def _champion_alias_missing(self, current: LoadedModel | None) -> dict:
+        """The champion's alias file does not exist: keep what is served, and say so (logged once per change)."""
+        path = registry.alias_path(self.config.layout.aliases, registry.CHAMPION)
+        if current is not None:
+            error = f"champion alias {path} is gone; still serving the last loaded model v{current.version} ({current.sha256[:12]})"
+        else:
+            error = f"champion alias {path} does not exist; nothing is served (503) until a champion is promoted"
+        if not self._missing:
+            self._missing = True
+            self.metrics.set_alias_missing(registry.CHAMPION, True)
+            log.warning("%s", error)
+        self.last_error[registry.CHAMPION] = error
+        return {"changed": False, "version": current.version if current else None, "error": error}
+
+    def _champion_alias_present(self) -> None:
+        if self._missing:
+            self._missing = False
+            self.metrics.set_alias_missing(registry.CHAMPION, False)
+            log.info("champion alias %s is back", registry.alias_path(self.config.layout.aliases, registry.CHAMPION))
 
     def start(self) -> None:
         self._thread.start()
@@ -568,6 +649,16 @@ def valid_user_id(user_id: str) -> bool:
     return 1 <= len(user_id) <= MAX_USER_ID and user_id.isprintable()
 
 
+def admin_refusal(token: str | None, authorization: str) -> str | None:
+    """Why an admin call with this ``Authorization`` header value is refused (401), or None when it may go on."""
+    scheme, _, given = authorization.partition(" ")
+    if token and scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode()):
+        return None
+    if not token:
+        return "the admin API is disabled: the server was started without FACTORY_ADMIN_TOKEN"
+    return "admin calls need 'Authorization: Bearer <FACTORY_ADMIN_TOKEN>'"
+
+
 class Service:
     """The parts of a running service; ``app.state.service`` in the FastAPI app."""
 
@@ -626,7 +717,10 @@ def create_app(config: ServiceConfig | None = None) -> FastAPI:
         finally:
             service.stop()
 
-    app = FastAPI(title="factory_assets recommendations", version="1", lifespan=lifespan)
+    # /docs, /redoc: the Swagger UI and ReDoc pages with their files served from DOCS_ASSETS_URL (no CDN);
+    # validatorUrl null: Swagger UI must not ask validator.swagger.io about the schema either
+    app = FastAPIOffline(title="factory_assets recommendations", version="1", lifespan=lifespan,
+                         static_url=DOCS_ASSETS_URL, swagger_ui_parameters={"validatorUrl": None})
     app.state.service = service
     app.add_middleware(TimingMiddleware, metrics=service.metrics)
 
@@ -693,21 +787,13 @@ def create_app(config: ServiceConfig | None = None) -> FastAPI:
     async def metrics():
         return PlainTextResponse(service.metrics.render(service.holder), media_type="text/plain; version=0.0.4")
 
-    def authorised(request: Request) -> bool:
-        token = service.config.admin_token
-        header = request.headers.get("authorization", "")
-        scheme, _, given = header.partition(" ")
-        if not token or scheme.lower() != "bearer":
-            return False
-        return hmac.compare_digest(given.strip().encode(), token.encode())
-
     def admin_guard(request: Request) -> None:
-        """Route dependency: runs before the body is validated, so a caller without the token learns nothing
-        about the body (401, never 422)."""
-        if not authorised(request):
-            detail = ("admin calls need 'Authorization: Bearer <FACTORY_ADMIN_TOKEN>'" if service.config.admin_token
-                      else "the admin API is disabled: the server was started without FACTORY_ADMIN_TOKEN")
-            raise StarletteHTTPException(401, detail, headers={"WWW-Authenticate": "Bearer"})
+        """Route dependency of every admin route, behind :class:`_AdminGuard` (which refuses a request without
+        the token before FastAPI parses its body): the same check again, should a route ever be reached
+        another way."""
+        refusal = admin_refusal(service.config.admin_token, request.headers.get("authorization", ""))
+        if refusal is not None:
+            raise StarletteHTTPException(401, refusal, headers={"WWW-Authenticate": "Bearer"})
 
     @app.post("/admin/reload", tags=["admin"], dependencies=[Depends(admin_guard)])
     def admin_reload(request: Request):
@@ -728,7 +814,7 @@ def create_app(config: ServiceConfig | None = None) -> FastAPI:
         result["reload"] = service.watcher.check(force=True)
         return JSONResponse(json.loads(json.dumps(result, default=str)))
 
-    return _BodyLimit(_FastRecommend(app, service), MAX_BODY_BYTES, service.metrics)
+    return _AdminGuard(_BodyLimit(_FastRecommend(app, service), MAX_BODY_BYTES, service.metrics), app, service)
 
 
 _RECOMMEND_PREFIX = "/recommendations/"
@@ -798,6 +884,49 @@ class _FastRecommend:
             status = 200
         finally:
             self.service.metrics.observe("GET", _RECOMMEND_ROUTE, status, time.perf_counter() - started)
+
+
+class _AdminGuard:
+    """ASGI wrapper answering 401 to every ``/admin`` or ``/admin/...`` request without the bearer token.
+
+    It runs before anything else looks at the request: FastAPI parses a JSON body (400 for malformed JSON)
+    before it solves a route's dependencies, and :class:`_BodyLimit` reads the body to bound it (413), so a
+    check in the route would let a caller without the token learn about its body.  Here the body is never
+    read; unknown admin paths get 401 as well (404 only with the token).  A refusal is counted in the request
+    metrics under the admin route it matches (``unmatched`` for an unknown path), as the route would be.
+    """
+
+    def __init__(self, app, fastapi_app: FastAPI, service: "Service") -> None:
+        self.app = app
+        self.fastapi_app = fastapi_app
+        self.service = service
+        self.state = app.state
+
+    def __getattr__(self, name):  # behave like the FastAPI app (openapi, routes, ...)
+        return getattr(self.app, name)
+
+    @staticmethod
+    def is_admin(scope) -> bool:
+        path, root = scope["path"], scope.get("root_path", "")
+        if root and path.startswith(root):
+            path = path[len(root):]
+        return path == ADMIN_PREFIX or path.startswith(ADMIN_PREFIX + "/")
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or not self.is_admin(scope):
+            return await self.app(scope, receive, send)
+        started = time.perf_counter()
+        header = next((v for k, v in scope.get("headers", ()) if k == b"authorization"), b"")
+        refusal = admin_refusal(self.service.config.admin_token, header.decode("latin-1"))
+        if refusal is None:
+            return await self.app(scope, receive, send)
+        body = json_bytes({"error": "unauthorized", "detail": refusal})
+        await send({"type": "http.response.start", "status": 401,
+                    "headers": [(b"content-length", str(len(body)).encode()), (b"content-type", b"application/json"),
+                                (b"www-authenticate", b"Bearer")]})
+        await send({"type": "http.response.body", "body": body})
+        route = next((r.path for r in self.fastapi_app.router.routes if r.matches(scope)[0] is not Match.NONE), "unmatched")
+        self.service.metrics.observe(scope["method"], route, 401, time.perf_counter() - started)
 
 
 class _BodyLimit:

@@ -255,3 +255,84 @@ def test_fast_path_takes_only_plainly_valid_requests():
                         ("/recommendationsX/u0", b""), ("/metrics", b"")]:
         assert parse(path, query) is None, (path, query)
     assert parse("/recommendations/u0", method="HEAD") is None
+
+
+@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"}], ids=["no-token", "wrong-token"])
+def test_admin_auth_is_checked_before_the_body_is_read(home, make_client, headers):
+    publish(home, hand_model(), 1)
+    client = make_client()
+    json_type = {"content-type": "application/json"}
+    bodies = [(b"{nope", json_type), (b"", json_type), (b"reason=x", {"content-type": "application/x-www-form-urlencoded"}),
+              (b'{"to_version": "not a number"}', json_type), (b"x" * (MAX_BODY_BYTES + 1), json_type)]
+    for path in ("/admin/rollback", "/admin/reload", "/admin/no-such-call"):
+        for content, content_type in bodies:
+            r = client.post(path, content=content, headers={**headers, **content_type})
+            assert r.status_code == 401, (path, content[:20], r.text[:200])
+            assert r.json() == {"error": "unauthorized",
+                                "detail": "admin calls need 'Authorization: Bearer <FACTORY_ADMIN_TOKEN>'"}
+            assert r.headers["WWW-Authenticate"] == "Bearer"
+    text = client.get("/metrics").text
+    assert 'factory_serve_requests_total{method="POST",route="/admin/rollback",status="401"} 5' in text
+    assert 'factory_serve_requests_total{method="POST",route="/admin/reload",status="401"} 5' in text
+    assert 'factory_serve_requests_total{method="POST",route="unmatched",status="401"} 5' in text
+    # with the token the body is looked at as before
+    r = client.post("/admin/rollback", content=b"{nope", headers={**AUTH, **json_type})
+    assert (r.status_code, r.json()["error"]) == (400, "invalid_json")
+    r = client.post("/admin/rollback", json={"to_version": "not a number"}, headers=AUTH)
+    assert (r.status_code, r.json()["error"]) == (422, "invalid_request")
+    r = client.post("/admin/no-such-call", headers=AUTH)
+    assert (r.status_code, r.json()["error"]) == (404, "not_found")
+
+
+def test_no_token_configured_refuses_malformed_admin_bodies_with_401(home, make_client):
+    publish(home, hand_model(), 1)
+    client = make_client(admin_token=None)
+    r = client.post("/admin/rollback", content=b"{nope", headers={**AUTH, "content-type": "application/json"})
+    assert r.status_code == 401
+    assert r.json() == {"error": "unauthorized",
+                        "detail": "the admin API is disabled: the server was started without FACTORY_ADMIN_TOKEN"}
+
+
+def asset_urls(html: str) -> list[str]:
+    """Every ``src`` / ``href`` of the page's script and link tags, and the OpenAPI URL the page loads."""
+    from html.parser import HTMLParser
+
+    urls: list[str] = []
+
+    class Collect(HTMLParser):
+        def handle_starttag(self, tag, attrs):
+            a = dict(attrs)
+            if tag == "script" and a.get("src"):
+                urls.append(a["src"])
+            elif tag == "link" and a.get("href"):
+                urls.append(a["href"])
+            elif tag == "redoc" and a.get("spec-url"):
+                urls.append(a["spec-url"])
+
+    Collect().feed(html)
+    return urls
+
+
+@pytest.mark.parametrize("page", ["/docs", "/redoc"])
+def test_api_docs_work_offline(home, make_client, page):
+    publish(home, hand_model(), 1)
+    client = make_client()
+    r = client.get(page)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    assert "http://" not in r.text and "https://" not in r.text  # nothing from a CDN or another host
+    urls = asset_urls(r.text)
+    want = {"/docs": ["/docs-assets/swagger-ui.css", "/docs-assets/favicon.png", "/docs-assets/swagger-ui-bundle.js"],
+            "/redoc": ["/docs-assets/favicon.png", "/openapi.json", "/docs-assets/redoc.standalone.js"]}[page]
+    assert urls == want
+    if page == "/docs":
+        assert "url: '/openapi.json'" in r.text and '"validatorUrl": null' in r.text
+    types = {".css": ("text/css",), ".js": ("text/javascript", "application/javascript"), ".png": ("image/png",),
+             ".json": ("application/json",)}
+    for url in urls:
+        asset = client.get(url)
+        assert asset.status_code == 200, url
+        assert asset.headers["content-type"].startswith(types[url[url.rindex("."):]]), (url, asset.headers["content-type"])
+        assert len(asset.content) > 1000
+    assert "SwaggerUIBundle" in client.get("/docs-assets/swagger-ui-bundle.js").text
+    assert client.get("/docs-assets/../app.py").status_code == 404
+    assert "/docs-assets/swagger-ui.css" not in client.get("/openapi.json").json()["paths"]

@@ -228,3 +228,128 @@ def test_rollback_without_a_warehouse_is_refused(home, make_client):
     publish(home, hand_model(), 1)
     r = make_client().post("/admin/rollback", json={"reason": "x"}, headers=AUTH)
     assert r.status_code == 409 and r.json()["error"]
+
+
+def wait_for(predicate, what: str, timeout: float = 5.0):
+    deadline = time.monotonic() + timeout
+    while not (value := predicate()):
+        assert time.monotonic() < deadline, what
+        time.sleep(0.01)
+    return value
+
+
+def test_deleted_champion_alias_is_reported_once_and_the_last_model_keeps_serving(home, make_client, caplog):
+    import logging
+
+    pointer = publish(home, hand_model(seed=1), 1)
+    alias = home / SOURCE / "aliases" / "champion.json"
+    client = make_client(watch=True, poll_interval_s=0.01)
+    assert 'factory_serve_alias_missing{role="champion"} 0' in client.get("/metrics").text
+    with caplog.at_level(logging.INFO, logger="factory.serve"):
+        alias.unlink()
+        message = (f"champion alias {alias} is gone; still serving the last loaded model "
+                   f"v1 ({pointer['sha256'][:12]})")
+        ready = wait_for(lambda: (b := client.get("/readyz").json())["last_error"]["champion"] and b, "no last_error")
+        assert ready["last_error"] == {"champion": message, "shadow": None}
+        assert ready["ready"] is True and ready["champion"]["version"] == 1
+        time.sleep(0.2)  # ~20 more polls of the missing file
+        r = client.post("/admin/reload", headers=AUTH)  # and a forced check
+        assert r.status_code == 409
+        assert r.json()["reload"]["champion"] == {"changed": False, "version": 1, "error": message}
+        assert client.get("/recommendations/u1").json()["model_version"] == 1
+        text = client.get("/metrics").text
+        assert 'factory_serve_alias_missing{role="champion"} 1' in text
+        assert "factory_serve_reload_failures_total 0" in text
+        warnings = [(r.levelname, r.getMessage()) for r in caplog.records if r.levelno >= logging.WARNING]
+        assert warnings == [("WARNING", message)]
+        publish(home, hand_model(seed=1), 1)  # the same pointer comes back
+        wait_for(lambda: client.get("/readyz").json()["last_error"]["champion"] is None, "last_error not cleared")
+    assert 'factory_serve_alias_missing{role="champion"} 0' in client.get("/metrics").text
+    infos = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    assert f"champion alias {alias} is back" in infos
+    assert "factory_serve_reloads_total 1" in client.get("/metrics").text  # the start only: v1 was never reloaded
+
+
+def test_champion_alias_missing_at_start_is_reported(home, make_client, caplog):
+    import logging
+
+    alias = home / SOURCE / "aliases" / "champion.json"
+    with caplog.at_level(logging.INFO, logger="factory.serve"):
+        client = make_client()
+        client.post("/admin/reload", headers=AUTH)
+    message = f"champion alias {alias} does not exist; nothing is served (503) until a champion is promoted"
+    assert client.get("/readyz").json()["last_error"] == {"champion": message, "shadow": None}
+    assert [(r.levelname, r.getMessage()) for r in caplog.records if r.levelno >= logging.WARNING] == [("WARNING", message)]
+    assert 'factory_serve_alias_missing{role="champion"} 1' in client.get("/metrics").text
+
+
+@pytest.fixture
+def load_calls(monkeypatch):
+    """Count :func:`load_alias` calls made by the service and :meth:`RankedLists.build` calls (precomputes)."""
+    from factory_assets.service import app as app_module
+    from factory_assets.service.models import RankedLists
+
+    calls = {"load_alias": 0, "precompute": 0}
+    load_alias, build = app_module.load_alias, RankedLists.build.__func__
+
+    def counting_load_alias(*args, **kwargs):
+        calls["load_alias"] += 1
+        return load_alias(*args, **kwargs)
+
+    def counting_build(cls, *args, **kwargs):
+        calls["precompute"] += 1
+        return build(cls, *args, **kwargs)
+
+    monkeypatch.setattr(app_module, "load_alias", counting_load_alias)
+    monkeypatch.setattr(RankedLists, "build", classmethod(counting_build))
+    return calls
+
+
+def test_reload_without_a_change_does_not_load_or_precompute(home, make_client, load_calls):
+    from factory_assets_tests.service.conftest import hand_ranker_model
+
+    champion = publish(home, hand_ranker_model(seed=1, n_users=20, n_items=30), 1)
+    shadow = publish(home, hand_ranker_model(seed=2, n_users=20, n_items=30), 2, alias="shadow")
+    client = make_client()
+    assert load_calls == {"load_alias": 2, "precompute": 2}  # the start: both roles loaded and precomputed
+    started = time.perf_counter()
+    r = client.post("/admin/reload", headers=AUTH)
+    elapsed = time.perf_counter() - started
+    assert r.status_code == 200
+    assert r.json() == {"reload": {
+        "champion": {"changed": False, "version": 1,
+                     "detail": f"the alias still names manifest {champion['sha256'][:12]} (artefact verified): nothing reloaded"},
+        "shadow": {"changed": False, "version": 2,
+                   "detail": f"the alias still names manifest {shadow['sha256'][:12]} (artefact verified): nothing reloaded"},
+    }}
+    assert load_calls == {"load_alias": 2, "precompute": 2}
+    assert elapsed < 2.0  # milliseconds in practice; the precompute of two rankers is what took seconds
+    # the watcher's path: the alias file rewritten with the same pointer (new mtime) is not a change either
+    publish(home, hand_ranker_model(seed=1, n_users=20, n_items=30), 1)
+    assert client.app.state.service.watcher.check()[registry.CHAMPION]["changed"] is False
+    assert load_calls == {"load_alias": 2, "precompute": 2}
+    # a changed pointer loads and precomputes again
+    publish(home, hand_ranker_model(seed=3, n_users=20, n_items=30), 3)
+    r = client.post("/admin/reload", headers=AUTH)
+    assert r.status_code == 200
+    assert r.json()["reload"]["champion"] == {"changed": True, "version": 3, "previous_version": 1}
+    assert r.json()["reload"]["shadow"]["changed"] is False
+    assert load_calls == {"load_alias": 3, "precompute": 3}
+    assert client.get("/recommendations/u1").json()["model_version"] == 3
+    text = client.get("/metrics").text
+    assert "factory_serve_reloads_total 3" in text and "factory_serve_reload_failures_total 0" in text
+
+
+def test_reload_of_an_unchanged_alias_still_verifies_the_artefact(home, make_client, load_calls):
+    pointer = publish(home, hand_model(seed=1), 1)
+    client = make_client()
+    tamper(pointer)  # the artefact of the loaded model changes on disk, the alias does not
+    r = client.post("/admin/reload", headers=AUTH)
+    assert r.status_code == 409
+    error = r.json()["reload"]["champion"]["error"]
+    assert error.startswith(f"champion v1 ({pointer['path']}) failed verification: ")
+    assert error.endswith("; v1 keeps serving (verified when it was loaded)")
+    assert load_calls["load_alias"] == 1  # the start only: the check read no model
+    assert client.get("/recommendations/u1").json()["model_version"] == 1
+    assert client.get("/readyz").json()["last_error"]["champion"] == error
+    assert "factory_serve_reload_failures_total 1" in client.get("/metrics").text
