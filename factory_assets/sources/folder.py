@@ -3,6 +3,9 @@
 An upstream system (or the recommendation service) drops files into one directory.  Writers land files
 atomically by renaming, so names that start with ``.`` or end with ``.tmp``/``.part`` are still being
 written and are ignored; so is everything that does not end with ``.csv`` or ``.parquet`` (case-insensitive).
+Symbolic links are never followed: a link in the folder (to a file or a directory, inside or outside the
+folder) is ignored and logged once per process as a warning (logger ``factory_assets.sources.folder``), and a
+file is opened without following links, so nothing whose resolved path lies outside the folder is read.
 
 Every file holds rows in the event schema (:data:`~factory_assets.sources.schema.EVENT_COLUMNS`); extra
 columns are ignored.  A file may span several days: :meth:`FolderSource.fetch_day` reads every landed file
@@ -15,6 +18,10 @@ Reading a file
   Every field is kept as text, so ids such as ``"007"`` keep their zeros; empty id fields are null.  Quoted
   commas and newlines, CRLF/LF/CR line endings work.  Blank lines are skipped.  A record with a different
   number of fields than the header is quarantined (``malformed_row``, undated: its ``ts`` cannot be trusted).
+  A record with a field longer than :data:`~factory_assets.sources.schema.MAX_CSV_FIELD` characters
+  (131 072, Python csv's default ``field_size_limit``) is quarantined alone (``field_too_large``, undated, the
+  detail names the file, line, field and its length in characters); the file's other records are read.  The
+  limit holds whatever ``csv.field_size_limit`` the process has set, and the oversized field is never stored.
 * Parquet: the required columns are cast to the schema: ids and ``event_type`` from string or integer to
   text, ``ts`` from a timestamp (naive = UTC), a date or ISO text, ``quantity``/``value`` from integer,
   float, decimal or text.  Other types (booleans, lists, a boolean ``ts`` ...) make the file unreadable.
@@ -44,10 +51,10 @@ wins, later ones are ``duplicate_event_id``).  The same event id on two differen
 Files that cannot be read
 -------------------------
 
-A truncated or garbage Parquet file, a CSV that is not UTF-8, a file missing a required column, a Parquet
-column of a type that cannot be cast: ONE undated quarantine row (reason ``unreadable_file`` or
-``missing_column``, ``source_line`` null, ``detail`` naming the file and the problem), and the other files
-are read as usual.
+A truncated or garbage Parquet file, a CSV that is not UTF-8 (or whose header has a field over the limit), a
+file missing a required column, a Parquet column of a type that cannot be cast: ONE undated quarantine row
+(reason ``unreadable_file`` or ``missing_column``, ``source_line`` null, ``detail`` naming the file and the
+problem), and the other files are read as usual.
 
 Every row read is in exactly one place: an accepted event of its day, the quarantine of its day, or the
 undated quarantine.  Parsed files are cached per process, keyed by ``(resolved path, size, mtime_ns)``
@@ -57,9 +64,14 @@ with the sha256 of the bytes (the file's identity in ``ingestion_log`` and the q
 from __future__ import annotations
 
 import csv
+import errno
 import hashlib
 import io
+import itertools
+import logging
+import os
 import re
+import stat
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -76,6 +88,7 @@ import pyarrow.parquet as pq
 from factory_assets.sources.base import DayBatch, EventSource, FileIngest, PermanentSourceError, TransientSourceError
 from factory_assets.sources.schema import (
     EVENT_COLUMNS,
+    MAX_CSV_FIELD,
     empty_events,
     concat_quarantine,
     day_slices,
@@ -90,6 +103,8 @@ SUFFIXES: tuple[str, ...] = (".csv", ".parquet")
 IGNORED_SUFFIXES: tuple[str, ...] = (".tmp", ".part")
 #: Rows up to this much later than the time of reading are still accepted (clock skew).
 FUTURE_TOLERANCE = timedelta(minutes=5)
+
+log = logging.getLogger(__name__)
 
 ID_COLUMNS: tuple[str, ...] = ("event_id", "user_id", "item_id")
 SOURCE_COLUMNS: tuple[str, ...] = ("source_file", "source_line", "source_sha256")
@@ -200,7 +215,8 @@ def landed_files(path: str | Path) -> list[Path]:
     """The files of landing directory ``path`` that are read, sorted by name.
 
     Only regular files ending in ``.csv`` or ``.parquet`` (case-insensitive) whose name does not start with
-    ``.`` and does not end with ``.tmp``/``.part``.
+    ``.`` and does not end with ``.tmp``/``.part``.  Symbolic links are left out, whatever they point to; one
+    with such a name is logged as a warning once per process (per link and target).
 
     Raises:
         PermanentSourceError: ``path`` does not exist or is not a directory (the message names it).
@@ -212,12 +228,44 @@ def landed_files(path: str | Path) -> list[Path]:
             raise PermanentSourceError(f"landing path {str(root)!r} is not a directory")
         raise PermanentSourceError(f"landing directory {str(root)!r} does not exist")
     try:
-        entries = list(root.iterdir())
+        with os.scandir(root) as listing:
+            entries = [e for e in listing if is_landed_name(e.name)]
     except FileNotFoundError as exc:
         raise PermanentSourceError(f"landing directory {str(root)!r} does not exist") from exc
     except OSError as exc:
         raise TransientSourceError(f"listing landing directory {str(root)!r} failed: {exc}") from exc
-    return sorted((p for p in entries if is_landed_name(p.name) and p.is_file()), key=lambda p: p.name)
+    files: list[Path] = []
+    for entry in entries:
+        try:
+            if entry.is_symlink():
+                _warn_link_once(root, entry.name)
+            elif entry.is_file(follow_symlinks=False):
+                files.append(root / entry.name)
+        except OSError:  # vanished while listed: not landed (any more)
+            continue
+    return sorted(files, key=lambda p: p.name)
+
+
+def _warn_link_once(root: Path, name: str) -> None:
+    """Log that symbolic link ``root/name`` is ignored, once per process per (link, target)."""
+    link = root / name
+    try:
+        target = os.readlink(link)  # the link's text; the target itself is never touched
+    except OSError:
+        target = "?"
+    key = (str(link), target)
+    with _CACHE_LOCK:
+        if key in _LINKS_WARNED:
+            return
+        if len(_LINKS_WARNED) >= _CACHE_SIZE:
+            _LINKS_WARNED.clear()
+        _LINKS_WARNED.add(key)
+    log.warning(
+        "landing folder %s: ignoring %r, a symbolic link (to %r); links are never followed, land the file itself",
+        root,
+        name,
+        target,
+    )
 
 
 def is_landed_name(name: str) -> bool:
@@ -237,10 +285,13 @@ def partitions_touched(file: str | Path, now: datetime | None = None) -> set[dat
         now: the time of reading (tz-aware; default the system clock), for the ``ts_in_future`` cut-off.
 
     Raises:
-        PermanentSourceError: ``file`` does not exist or is not a regular file.
+        PermanentSourceError: ``file`` does not exist, is not a regular file or is a symbolic link (never
+            followed, see :func:`landed_files`).
         TransientSourceError: as :meth:`FolderSource.fetch_day`.
     """
     path = Path(file)
+    if path.is_symlink():
+        raise PermanentSourceError(f"landed file {str(path)!r} is a symbolic link, which is never read")
     if not path.is_file():
         raise PermanentSourceError(f"landed file {str(path)!r} does not exist or is not a file")
     limit = pd.Timestamp(now or datetime.now(timezone.utc)).tz_convert("UTC") + FUTURE_TOLERANCE
@@ -248,9 +299,10 @@ def partitions_touched(file: str | Path, now: datetime | None = None) -> set[dat
 
 
 def clear_cache() -> None:
-    """Forget every parsed file held by the module-level cache."""
+    """Forget every parsed file held by the module-level cache, and which symbolic links were logged."""
     with _CACHE_LOCK:
         _CACHE.clear()
+        _LINKS_WARNED.clear()
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -302,27 +354,51 @@ def _validate(frame: pd.DataFrame, day: date) -> tuple[pd.DataFrame, pd.DataFram
 _CACHE: OrderedDict[tuple[str, int, int], _ParsedFile] = OrderedDict()
 _CACHE_LOCK = threading.Lock()
 _CACHE_SIZE = 1024
+_LINKS_WARNED: set[tuple[str, str]] = set()  # (link, target) already logged by landed_files
+_NO_FOLLOW = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
 
 
 def _load(path: Path) -> _ParsedFile:
-    """The parsed file, from the cache when ``(resolved path, size, mtime_ns)`` is unchanged."""
+    """The parsed file, from the cache when ``(resolved path, size, mtime_ns)`` is unchanged.
+
+    ``path`` is opened without following a symbolic link (``O_NOFOLLOW``); a path that is (or became, after
+    :func:`landed_files` listed it) a link or anything but a regular file raises ``TransientSourceError``
+    unread: a retry lists the folder again and leaves it out.
+    """
     try:
-        before = path.stat()
+        before = path.lstat()
+        if not stat.S_ISREG(before.st_mode):
+            raise TransientSourceError(f"landed file {str(path)!r} changed while it was read ({_kind(before)})")
         key = (str(path.resolve()), before.st_size, before.st_mtime_ns)
         with _CACHE_LOCK:
             if key in _CACHE:
                 _CACHE.move_to_end(key)
                 return _CACHE[key]
         try:
-            data = path.read_bytes()
+            fd = os.open(path, _NO_FOLLOW)
         except PermissionError as exc:  # not retryable, but only this file is lost
             return _unreadable(path.name, None, before.st_size, "unreadable_file", f"permission denied ({exc})")
-        after = path.stat()
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:  # replaced by a link since the lstat
+                raise TransientSourceError(f"landed file {str(path)!r} changed while it was read ({_LINK})") from exc
+            raise
+        with os.fdopen(fd, "rb") as handle:
+            opened = os.fstat(handle.fileno())
+            if (opened.st_dev, opened.st_ino) != (before.st_dev, before.st_ino) or not stat.S_ISREG(opened.st_mode):
+                raise TransientSourceError(f"landed file {str(path)!r} changed while it was read")
+            data = handle.read()
+        after = path.lstat()
     except FileNotFoundError as exc:
         raise TransientSourceError(f"landed file {str(path)!r} vanished while it was read") from exc
     except OSError as exc:
         raise TransientSourceError(f"reading landed file {str(path)!r} failed: {exc}") from exc
-    if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns) or len(data) != before.st_size:
+    unchanged = (after.st_dev, after.st_ino, after.st_size, after.st_mtime_ns) == (
+        before.st_dev,
+        before.st_ino,
+        before.st_size,
+        before.st_mtime_ns,
+    )
+    if not unchanged or len(data) != before.st_size:
         raise TransientSourceError(f"landed file {str(path)!r} changed while it was read")
     parsed = _parse_bytes(path.name, data)
     with _CACHE_LOCK:
@@ -330,6 +406,17 @@ def _load(path: Path) -> _ParsedFile:
         while len(_CACHE) > _CACHE_SIZE:
             _CACHE.popitem(last=False)
     return parsed
+
+
+_LINK = "now a symbolic link, which is never followed"
+
+
+def _kind(info: os.stat_result) -> str:
+    if stat.S_ISLNK(info.st_mode):
+        return _LINK
+    if stat.S_ISDIR(info.st_mode):
+        return "now a directory"
+    return "no longer a regular file"
 
 
 class _FileProblem(Exception):
@@ -409,37 +496,134 @@ def _empty_candidates() -> pd.DataFrame:
 # CSV
 
 
+_LINE_END = re.compile(r"\r\n|\r|\n")  # how io.StringIO(newline="") splits lines
+
+
+def _line_offset(text: str, line: int, known: tuple[int, int]) -> int:
+    """Character offset where 1-based physical ``line`` of ``text`` starts, counting on from ``known``
+    ``(line, offset)`` (an earlier line's start), so successive calls pass over the text once."""
+    before, offset = known
+    if line == before:
+        return offset
+    ends = _LINE_END.finditer(text, offset)
+    found = next(itertools.islice(ends, line - before - 1, None), None)
+    return found.end() if found is not None else len(text)
+
+
+def _line_count(text: str, begin: int, end: int) -> int:
+    """Physical lines of ``text[begin:end]`` (a last line without a line end counts)."""
+    ends = text.count("\n", begin, end) + text.count("\r", begin, end) - text.count("\r\n", begin, end)
+    return ends + (end > begin and text[end - 1] not in "\r\n")
+
+
+_UNQUOTED_END = re.compile(r"[,\r\n]")
+
+
+def _field_sizes(text: str, start: int) -> tuple[list[int], int]:
+    """The length (characters, as csv counts them) of each field of the record at ``text[start:]``, and its end.
+
+    Follows :func:`csv.reader` with the default dialect: a field that starts with ``"`` is quoted up to the
+    next single ``"`` (``""`` is one quote, line ends are data), anything after the closing quote up to the next
+    ``,`` or line end still belongs to the field; the record ends at the first line end outside quotes, or at
+    the end of ``text``.  Returns ``(sizes, end)`` with ``end`` the offset just after the record's line end.
+    Used only for a record csv refused, so a field is measured without being built.
+    """
+    n, pos, sizes = len(text), start, []
+    while True:
+        size = 0
+        if pos < n and text[pos] == '"':
+            pos += 1
+            while True:
+                quote = text.find('"', pos)
+                if quote < 0:  # unterminated: the field runs to the end of the text
+                    size, pos = size + n - pos, n
+                    break
+                size += quote - pos
+                if text.startswith('"', quote + 1):
+                    size, pos = size + 1, quote + 2
+                    continue
+                pos = quote + 1
+                break
+        stop = _UNQUOTED_END.search(text, pos)
+        end = stop.start() if stop else n
+        sizes.append(size + end - pos)
+        if end == n:
+            return sizes, n
+        if text[end] == ",":
+            pos = end + 1
+            continue
+        return sizes, end + (2 if text.startswith("\r\n", end) else 1)
+
+
+def _too_large(sizes: list[int], limit: int, line: int, header: list[str] | None) -> str:
+    """Detail of a record with a field over ``limit`` characters: line, 1-based field number, name, length."""
+    number, size = next((i + 1, s) for i, s in enumerate(sizes) if s > limit)
+    named = f" ({header[number - 1][:40]!r})" if header is not None and number <= len(header) else ""
+    return f"line {line}: field {number}{named} has {size} characters, more than the limit of {limit}"
+
+
 def _read_csv(name: str, data: bytes) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """``(rows, malformed)``: the required columns as text (empty ids -> None) + ``source_line``; malformed records."""
+    """``(rows, undated)``: the required columns as text (empty ids -> None) + ``source_line``; the quarantine
+    rows of records that cannot be trusted (``malformed_row``, ``field_too_large``), ``source_line`` set.
+
+    Raises ``_FileProblem`` (``unreadable_file``/``missing_column``) for a file that gives nothing.
+    """
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise _FileProblem(
             "unreadable_file", f"not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}: {exc.reason})"
         ) from exc
-    reader = csv.reader(io.StringIO(text, newline=""))
+    stream = io.StringIO(text, newline="")
+    reader = csv.reader(stream)
+    skipped = 0  # lines passed over after records csv refused (not in reader.line_num)
+    known = (1, 0)  # a line start, for _line_offset
+    # csv refuses a field over its process-wide limit itself; a higher limit set elsewhere is checked here
+    check = csv.field_size_limit() > MAX_CSV_FIELD and len(text) > MAX_CSV_FIELD
     header: list[str] | None = None
     records: list[list[str]] = []
-    lines: list[int] = []
+    record_lines: list[int] = []
     bad_records: list[list[str]] = []
     bad_lines: list[int] = []
-    previous = 0
-    try:
-        for record in reader:
-            start, previous = previous + 1, reader.line_num
-            if not record or (len(record) == 1 and not record[0].strip()):
-                continue  # blank line
+    large_lines: list[int] = []
+    large_details: list[str] = []
+    while True:
+        start = reader.line_num + skipped + 1
+        try:
+            record = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as exc:
+            read = reader.line_num + skipped  # csv stopped inside the record, on this line
+            begin = _line_offset(text, start, known)
+            known = (start, begin)
+            sizes, end = _field_sizes(text, begin)
+            limit = csv.field_size_limit()
+            if max(sizes) <= limit:
+                raise _FileProblem("unreadable_file", f"CSV cannot be parsed near line {read}: {exc}") from exc
             if header is None:
-                header = [h.strip() for h in record]
-                continue
-            if len(record) == len(header):
-                records.append(record)
-                lines.append(start)
-            else:
-                bad_records.append(record)
-                bad_lines.append(start)
-    except csv.Error as exc:
-        raise _FileProblem("unreadable_file", f"CSV cannot be parsed near line {reader.line_num}: {exc}") from exc
+                raise _FileProblem("unreadable_file", "header " + _too_large(sizes, limit, start, None)) from exc
+            rest = max(_line_count(text, begin, end) - (read - start + 1), 0)
+            for _ in range(rest):  # the next record starts after this one's end
+                next(stream, None)
+            skipped += rest
+            large_lines.append(start)
+            large_details.append(f"{name}: " + _too_large(sizes, limit, start, header))
+            continue
+        if not record or (len(record) == 1 and not record[0].strip()):
+            continue  # blank line
+        if header is None:
+            header = [h.strip() for h in record]
+            continue
+        if check and max(map(len, record)) > MAX_CSV_FIELD:
+            large_lines.append(start)
+            large_details.append(f"{name}: " + _too_large([len(f) for f in record], MAX_CSV_FIELD, start, header))
+        elif len(record) == len(header):
+            records.append(record)
+            record_lines.append(start)
+        else:
+            bad_records.append(record)
+            bad_lines.append(start)
     if header is None:
         return _text_frame([], [], {}), empty_quarantine()
     missing = [c for c in EVENT_COLUMNS if c not in header]
@@ -447,7 +631,7 @@ def _read_csv(name: str, data: bytes) -> tuple[pd.DataFrame, pd.DataFrame]:
         shown = ", ".join(repr(h[:40]) for h in header[:12]) + (", ..." if len(header) > 12 else "")
         raise _FileProblem("missing_column", f"missing required column(s) {missing}; header has [{shown}]")
     index = {c: header.index(c) for c in EVENT_COLUMNS}
-    rows = _text_frame(records, lines, index)
+    rows = _text_frame(records, record_lines, index)
     malformed = empty_quarantine()
     if bad_records:
         padded = _text_frame(bad_records, bad_lines, index)
@@ -455,6 +639,10 @@ def _read_csv(name: str, data: bytes) -> tuple[pd.DataFrame, pd.DataFrame]:
             [f"{len(r)} fields, the header has {len(header)}" for r in bad_records], index=padded.index, dtype=object
         )
         malformed = quarantine_rows(padded, "malformed_row", detail)
+    if large_lines:  # the record's fields are not kept: the detail says where it is and what is too large
+        unread = _text_frame([[] for _ in large_lines], large_lines, {})
+        large = quarantine_rows(unread, "field_too_large", pd.Series(large_details, index=unread.index, dtype=object))
+        malformed = concat_quarantine([malformed, large])
     return rows, malformed
 
 

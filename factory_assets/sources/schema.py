@@ -5,9 +5,9 @@ An event is one interaction of a user with an item:
 ============  ===============================  ==================================================
 column        dtype (pandas / DuckDB)          meaning
 ============  ===============================  ==================================================
-event_id      ``str`` / VARCHAR                unique per source, stable across re-reads
-user_id       ``str`` / VARCHAR                1-128 characters, never empty
-item_id       ``str`` / VARCHAR                1-128 characters, never empty
+event_id      ``str`` / VARCHAR                unique per source, stable across re-reads, no control characters
+user_id       ``str`` / VARCHAR                1-128 characters, never empty, no control characters
+item_id       ``str`` / VARCHAR                1-128 characters, never empty, no control characters
 event_type    ``str`` / VARCHAR                one of :data:`EVENT_TYPES`
 ts            ``datetime64[us, UTC]`` / TIMESTAMPTZ  when it happened, UTC
 quantity      ``int64`` / BIGINT               units (1 for views and ratings), 0 < q <= MAX_QUANTITY
@@ -17,6 +17,10 @@ value         ``float64`` / DOUBLE             money for purchases/returns/carts
 Rejected rows go to a quarantine frame with the same columns stored as text plus ``reason`` (a code from
 :data:`REASONS`), ``detail`` (a human sentence naming the field) and where they came from
 (``source_file``, ``source_line``, ``source_sha256``).
+
+A control character is one of Unicode category Cc: U+0000-U+001F (NUL, TAB, LF, CR ...) and U+007F-U+009F.
+The HTTP service refuses ids that are not printable (422), so an id with one is refused here already
+(``id_control_character``), for every source.
 """
 
 from __future__ import annotations
@@ -32,6 +36,9 @@ EVENT_COLUMNS: tuple[str, ...] = ("event_id", "user_id", "item_id", "event_type"
 EVENT_TYPES: tuple[str, ...] = ("view", "add_to_cart", "purchase", "rating", "return")
 MAX_ID_LENGTH = 128
 MAX_QUANTITY = 100_000
+#: Characters per CSV field (Python csv's default ``field_size_limit``, 128 Ki); a CSV record with a
+#: longer field is quarantined (``field_too_large``), the file's other records are read.
+MAX_CSV_FIELD = 131_072
 
 QUARANTINE_COLUMNS: tuple[str, ...] = (*EVENT_COLUMNS, "reason", "detail", "source_file", "source_line", "source_sha256")
 
@@ -39,6 +46,8 @@ QUARANTINE_COLUMNS: tuple[str, ...] = (*EVENT_COLUMNS, "reason", "detail", "sour
 REASONS: dict[str, str] = {
     "missing_id": "event_id, user_id or item_id is null or empty",
     "id_too_long": f"an id is longer than {MAX_ID_LENGTH} characters",
+    "id_control_character": "an id contains a control character (NUL, CR, LF, TAB ...: U+0000-U+001F, U+007F-U+009F), "
+    "which the HTTP service refuses",
     "unknown_event_type": f"event_type is not one of {', '.join(EVENT_TYPES)}",
     "bad_timestamp": "ts is missing or cannot be parsed",
     "ts_outside_partition": "ts does not fall inside the partition's UTC day",
@@ -55,6 +64,17 @@ REASONS: dict[str, str] = {
     "unreadable_file": "a landed file cannot be read or decoded at all (truncated, not UTF-8, wrong column types)",
     "missing_column": "a landed file lacks a required event column",
     "malformed_row": "a CSV record has a different number of fields than the header",
+    "field_too_large": f"a CSV record has a field longer than {MAX_CSV_FIELD} characters (only that row is lost)",
+}
+
+# Unicode category Cc, the control characters; every one of them is not printable (str.isprintable).
+_CONTROL = r"[\x00-\x1f\x7f-\x9f]"
+_CONTROL_NAMES: dict[str, str] = {
+    **{chr(c): f"U+{c:04X}" for c in [*range(0x20), *range(0x7F, 0xA0)]},
+    "\x00": "NUL",
+    "\t": "TAB",
+    "\n": "LF",
+    "\r": "CR",
 }
 
 
@@ -127,6 +147,11 @@ def validate_events(frame: pd.DataFrame, day: date | None = None) -> tuple[pd.Da
         day: when given, rows whose ``ts`` is outside that UTC day are quarantined
             (``ts_outside_partition``).
 
+    Each id (``event_id``, ``user_id``, ``item_id``) must be non-empty (``missing_id``), at most
+    :data:`MAX_ID_LENGTH` characters (``id_too_long``) and free of control characters
+    (``id_control_character``, the detail names the field and the first such character, e.g.
+    ``"user_id contains a control character (LF)"``).  The checks run vectorised, column by column.
+
     Returns:
         ``(accepted, quarantined)``; accepted has exactly :data:`EVENT_COLUMNS` with the documented dtypes,
         sorted by ``(ts, event_id)``.  Every input row is in exactly one of the two.
@@ -151,8 +176,13 @@ def validate_events(frame: pd.DataFrame, day: date | None = None) -> tuple[pd.Da
         text = rest[column].map(_to_text)
         stripped = text.map(lambda s: s.strip() if isinstance(s, str) else s)
         reject(stripped.isna() | (stripped == ""), "missing_id", f"{column} is null or empty")
-        rest[column] = rest[column].map(_to_text)
+        rest[column] = rest[column].map(_to_text).astype(object)  # object even when no row is left
         reject(rest[column].str.len() > MAX_ID_LENGTH, "id_too_long", f"{column} longer than {MAX_ID_LENGTH}")
+        control = rest[column].str.contains(_CONTROL, regex=True, na=False).astype(bool)
+        if control.any():
+            first = rest[column].str.extract(f"({_CONTROL})", expand=False).map(_CONTROL_NAMES)
+            detail = f"{column} contains a control character (" + first.fillna("?") + ")"
+            reject(control, "id_control_character", detail)
 
     etype = rest["event_type"].map(_to_text).str.strip().str.lower()
     reject(~etype.isin(EVENT_TYPES), "unknown_event_type", "event_type=" + etype.fillna("<null>").astype(str))

@@ -8,8 +8,10 @@ twice: sum over all days of (accepted + quarantined) + undated rows with a line 
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import io
+import logging
 import os
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
@@ -27,7 +29,7 @@ from factory_assets.sources import folder
 from factory_assets.sources.base import DayBatch, EventSource, FileIngest, PermanentSourceError, TransientSourceError
 from factory_assets.sources.faults import BrokenSource, FlakySource
 from factory_assets.sources.folder import FolderSource, landed_files, partitions_touched
-from factory_assets.sources.schema import EVENT_COLUMNS, QUARANTINE_COLUMNS, REASONS
+from factory_assets.sources.schema import EVENT_COLUMNS, MAX_CSV_FIELD, QUARANTINE_COLUMNS, REASONS
 
 NOW = datetime(2024, 10, 10, 12, 0, tzinfo=timezone.utc)  # the clock of every FolderSource here
 D1, D2, D3 = date(2024, 10, 1), date(2024, 10, 2), date(2024, 10, 3)
@@ -282,12 +284,49 @@ CASES = [
          ["e1", "e3"], quarantined=[("a.csv", 3, "missing_id")], data_rows=3, values={("e3", "value"): 0.5}),
     Case("quoted_comma", {"a.csv": csv_bytes(r("e1", item='"a,b"'), r("e2", user='"x, ""quoted"" y"'))}, D1,
          ["e1", "e2"], data_rows=2, values={("e1", "item_id"): "a,b", ("e2", "user_id"): 'x, "quoted" y'}),
-    # line 2-3 is one record (quoted newline), so the next record starts on physical line 4
+    # line 2-3 is one record (quoted newline in a free-text column), so the next record starts on physical line 4
     Case("quoted_newline",
-         {"a.csv": csv_bytes(r("e1", item='"multi\nline"'), r("e2", q="-3"), r("e3", item='"cr\r\nlf"'),
-                             r("e4", q="0"))},
-         D1, ["e1", "e3"], quarantined=[("a.csv", 4, "bad_quantity"), ("a.csv", 7, "bad_quantity")], data_rows=4,
-         values={("e1", "item_id"): "multi\nline", ("e3", "item_id"): "cr\r\nlf"}),
+         {"a.csv": csv_bytes(r("e1") + ',"multi\nline"', r("e2", q="-3") + ",x", r("e3") + ',"cr\r\nlf"',
+                             r("e4", q="0") + ",y", header=HEADER + ",note")},
+         D1, ["e1", "e3"], quarantined=[("a.csv", 4, "bad_quantity"), ("a.csv", 7, "bad_quantity")], data_rows=4),
+    # a quoted line end, NUL or TAB inside an id: the HTTP service would refuse the id (422), so ingest does;
+    # e1's item spans lines 2-3, e3's user lines 5-6 (CRLF is one line end)
+    Case("control_characters_in_ids_csv",
+         {"a.csv": csv_bytes(r("e1", item='"multi\nline"'), r("e2", q="-3"), r("e3", user='"cr\r\nlf"'),
+                             r("e4\x00"), r("e5", item="i\t5"), r("e6", user="u 6", item="caf\u00e9"))},
+         D1, ["e6"], quarantined=[("a.csv", 2, "id_control_character"), ("a.csv", 4, "bad_quantity"),
+                                  ("a.csv", 5, "id_control_character"), ("a.csv", 7, "id_control_character"),
+                                  ("a.csv", 8, "id_control_character")], data_rows=6,
+         values={("e6", "user_id"): "u 6", ("e6", "item_id"): "caf\u00e9"}, files_of_day={"a.csv": (1, 5)}),
+    Case("control_characters_in_ids_parquet",
+         {"a.parquet": parquet_bytes({**good_columns(["p1", "p2", "p3", "p4", "p5"]),
+                                      "event_id": ["p1", "p2\x00", "p3", "p4", "p5"],
+                                      "user_id": ["u1", "u1", "u\r", "u1", "u1"],
+                                      "item_id": ["i1", "i1", "i1", "\ni", "i\x7f"]})},
+         D1, ["p1"], quarantined=[("a.parquet", 2, "id_control_character"), ("a.parquet", 3, "id_control_character"),
+                                  ("a.parquet", 4, "id_control_character"), ("a.parquet", 5, "id_control_character")],
+         data_rows=5, files_of_day={"a.parquet": (1, 4)}),
+    # fields over MAX_CSV_FIELD (131 072 characters) lose only their own row (undated, like a malformed row):
+    # line 3 is exactly at the limit (kept), line 4 one over; the quoted field of line 6 holds 50 000 "z,\n"
+    # (150 000 characters, 50 000 line ends), so that record spans lines 6-50006 and the next starts on 50007
+    Case("field_too_large_csv",
+         {"a.csv": csv_bytes(r("e1") + ",short", r("e2") + "," + "x" * 131_072, r("e3") + "," + "y" * 131_073,
+                             r("e4") + ",", r("e5") + ',"' + "z,\n" * 50_000 + '"', r("e6", q="0") + ",",
+                             r("e7") + ",end", header=HEADER + ",note"),
+          "b.csv": csv_bytes(r("b1"))},
+         D1, ["e1", "e2", "e4", "e7", "b1"], quarantined=[("a.csv", 50_007, "bad_quantity")],
+         undated=[("a.csv", 4, "field_too_large"), ("a.csv", 6, "field_too_large")], data_rows=8,
+         files_of_day={"a.csv": (4, 1), "b.csv": (1, 0)}),
+    # an oversized id (or ts) field: the row is quarantined for its size, never stored
+    Case("field_too_large_in_an_id_and_last_unterminated",
+         {"a.csv": csv_bytes(r("e1", user="u" * 200_000) + ",", r("e2") + ",", r("e3") + ',"' + "q" * 140_000,
+                             header=HEADER + ",note")},
+         D1, ["e2"], undated=[("a.csv", 2, "field_too_large"), ("a.csv", 4, "field_too_large")], data_rows=3),
+    # a header field over the limit leaves no columns to read: the whole file is one unreadable row
+    Case("field_too_large_in_header",
+         {"a.csv": csv_bytes(r("e1"), header=HEADER + "," + "h" * 131_073), "b.csv": csv_bytes(r("b1"))},
+         D1, ["b1"], undated=[("a.csv", None, "unreadable_file")], data_rows=1,
+         detail={"a.csv": "header line 1: field 8 has 131073 characters, more than the limit of 131072"}),
     Case("blank_lines_skipped", {"a.csv": csv_bytes(r("e1"), "", r("e2", q="0"), "", r("e3"))}, D1, ["e1", "e3"],
          quarantined=[("a.csv", 4, "bad_quantity")], data_rows=3),
     # line 3 has an unquoted comma (8 fields), line 4 only 3 fields: their ts cannot be trusted -> undated
@@ -390,7 +429,7 @@ def test_bad_input_case(case: Case, tmp_path: Path) -> None:
 
 
 def test_case_count() -> None:
-    assert len(CASES) >= 30
+    assert len(CASES) >= 35
 
 
 def test_missing_landing_directory_is_permanent(tmp_path: Path) -> None:
@@ -513,6 +552,112 @@ def test_undated_rows_are_stored_once_across_days(tmp_path: Path) -> None:
     ).fetchall()
     assert rows == [("a.parquet", None, "unreadable_file"), ("b.csv", 4, "bad_timestamp")]
     con.close()
+
+
+def _oversized_file() -> bytes:
+    """Line 2 fine, line 3 a note of 131 072 characters (the limit), line 4 one of 131 073, line 5 fine."""
+    return csv_bytes(r("e1") + ",a", r("e2") + "," + "x" * 131_072, r("e3") + "," + "y" * 131_073, r("e4") + ",b",
+                     header=HEADER + ",note")
+
+
+def test_field_too_large_detail_names_file_line_field_and_size(tmp_path: Path) -> None:
+    assert MAX_CSV_FIELD == 131_072 and "field_too_large" in REASONS
+    (tmp_path / "big.csv").write_bytes(_oversized_file())
+    batch = make_source(tmp_path).fetch_day(D1)
+    assert sorted(batch.events["event_id"]) == ["e1", "e2", "e4"]
+    row = batch.undated.iloc[0]
+    assert len(batch.undated) == 1 and (row["reason"], row["source_line"]) == ("field_too_large", 4)
+    assert row["detail"] == "big.csv: line 4: field 8 ('note') has 131073 characters, more than the limit of 131072"
+    assert all(row[c] is None for c in EVENT_COLUMNS)  # the oversized record is not stored
+    assert batch.files == (FileIngest("big.csv", hashlib.sha256(_oversized_file()).hexdigest(),
+                                      len(_oversized_file()), 3, 0),)
+
+
+def test_field_limit_holds_when_the_process_raised_csv_limit(tmp_path: Path) -> None:
+    # another library may raise csv's process-wide limit; the per-field limit of the landing folder stays
+    (tmp_path / "big.csv").write_bytes(_oversized_file())
+    old = csv.field_size_limit(10**9)
+    try:
+        batch = make_source(tmp_path).fetch_day(D1)
+    finally:
+        csv.field_size_limit(old)
+    assert sorted(batch.events["event_id"]) == ["e1", "e2", "e4"]
+    assert _triples(batch.undated) == [("big.csv", 4, "field_too_large")]
+    assert batch.undated["detail"].tolist() == [
+        "big.csv: line 4: field 8 ('note') has 131073 characters, more than the limit of 131072"
+    ]
+
+
+def test_control_character_ids_are_quarantined_and_stored(tmp_path: Path) -> None:
+    (tmp_path / "landing").mkdir()
+    (tmp_path / "landing" / "a.parquet").write_bytes(
+        parquet_bytes({**good_columns(["ok", "nul\x00", "lf"]), "user_id": ["u1", "u1", "u\n2"]})
+    )
+    batch = make_source(tmp_path / "landing").fetch_day(D1)
+    assert list(batch.events["event_id"]) == ["ok"]
+    details = dict(zip(batch.quarantined["source_line"].astype(int), batch.quarantined["detail"]))
+    assert details == {2: "event_id contains a control character (NUL)", 3: "user_id contains a control character (LF)"}
+    con = duckdb.connect(str(tmp_path / "wh.duckdb"))
+    warehouse.ensure_schema(con)
+    warehouse.write_raw_partition(con, D1, batch.events, batch.quarantined, batch.undated, batch.files)
+    assert con.execute(
+        "SELECT source_line, reason, event_id, user_id FROM raw_events_quarantine ORDER BY source_line"
+    ).fetchall() == [(2, "id_control_character", "nul\x00", "u1"), (3, "id_control_character", "lf", "u\n2")]
+    assert con.execute("SELECT event_id FROM raw_events").fetchall() == [("ok",)]
+    con.close()
+
+
+def _links(tmp_path: Path) -> tuple[Path, Path]:
+    """A landing folder with one real file and four links; a "system file" and a directory outside it."""
+    outside, landing = tmp_path / "etc", tmp_path / "landing"
+    outside.mkdir()
+    landing.mkdir()
+    (outside / "passwd").write_bytes(b"root:x:0:0:root:/root:/bin/bash\n")
+    (outside / "good.csv").write_bytes(csv_bytes(r("s1")))
+    (outside / "dir.csv").mkdir()
+    (landing / "real.csv").write_bytes(csv_bytes(r("e1")))
+    try:
+        (landing / "passwd.csv").symlink_to(outside / "passwd")  # to a file outside the folder
+        (landing / "good.csv").symlink_to(outside / "good.csv")  # a valid landed file, but outside
+        (landing / "inside.csv").symlink_to(landing / "real.csv")  # to a file inside the folder
+        (landing / "dir.csv").symlink_to(outside / "dir.csv", target_is_directory=True)
+    except (OSError, NotImplementedError) as exc:
+        pytest.skip(f"cannot create symbolic links here: {exc}")
+    return landing, outside
+
+
+def test_symbolic_links_are_ignored_and_logged_once(tmp_path: Path, caplog) -> None:
+    landing, outside = _links(tmp_path)
+    caplog.set_level(logging.WARNING, logger="factory_assets.sources.folder")
+    assert [p.name for p in landed_files(landing)] == ["real.csv"]
+    source = make_source(landing)
+    data = csv_bytes(r("e1"))
+    for _ in range(2):
+        batch = source.fetch_day(D1)
+        assert list(batch.events["event_id"]) == ["e1"]  # not s1, and e1 once (no duplicate through inside.csv)
+        assert batch.quarantined.empty and batch.undated.empty
+        assert batch.files == (FileIngest("real.csv", hashlib.sha256(data).hexdigest(), len(data), 1, 0),)
+    assert source.days() == [D1]
+    warned = [rec.getMessage() for rec in caplog.records if rec.name == "factory_assets.sources.folder"]
+    assert len(warned) == 4  # once per link, however often the folder is listed
+    for name, target in [("passwd.csv", outside / "passwd"), ("good.csv", outside / "good.csv"),
+                         ("inside.csv", landing / "real.csv"), ("dir.csv", outside / "dir.csv")]:
+        assert sum(f"{name!r}" in m and "symbolic link" in m and str(target) in m for m in warned) == 1, name
+    assert not any("root:x" in m for m in warned)
+    with pytest.raises(PermanentSourceError, match="symbolic link"):
+        partitions_touched(landing / "passwd.csv", now=NOW)
+
+
+def test_a_file_swapped_for_a_link_after_listing_is_not_read(tmp_path: Path, monkeypatch) -> None:
+    landing, _ = _links(tmp_path)
+    read: list[str] = []
+    real = folder._parse_bytes
+    monkeypatch.setattr(folder, "_parse_bytes", lambda name, data: read.append(name) or real(name, data))
+    # as if passwd.csv was a regular file when the folder was listed and became a link before it was read
+    monkeypatch.setattr(folder, "landed_files", lambda path: [landing / "passwd.csv", landing / "real.csv"])
+    with pytest.raises(TransientSourceError, match="symbolic link"):
+        make_source(landing).fetch_day(D1)
+    assert read == []
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -187,3 +187,56 @@ def test_all_rows_rejected_with_numeric_columns(broken):
     accepted, quarantined = validate_events(frame, DAY)
     assert accepted.empty and len(quarantined) == 2
     assert list(accepted.columns) == list(EVENT_COLUMNS)
+
+
+def test_ids_with_control_characters_are_refused():
+    # the HTTP service refuses ids that are not printable (422); ingest refuses control characters already.
+    # Printable oddities (a space, an accented letter, a quote) stay accepted.
+    rows = [
+        ("ok1", "u 1", "caf\u00e9", None),
+        ("ok2", 'u"2', "i2", None),
+        ("nul\x00", "u", "i", "event_id contains a control character (NUL)"),
+        ("e4", "u\r", "i", "user_id contains a control character (CR)"),
+        ("e5", "u", "i\n5", "item_id contains a control character (LF)"),
+        ("e6", "line\r\nend", "i", "user_id contains a control character (CR)"),  # the first one is named
+        ("e7", "u", "\ttab", "item_id contains a control character (TAB)"),
+        ("e8", "u\x1b[31m", "i", "user_id contains a control character (U+001B)"),
+        ("e9", "u", "i\x7f", "item_id contains a control character (U+007F)"),
+        ("e10", "u\x85", "i", "user_id contains a control character (U+0085)"),
+        ("\n", "u", "i", "event_id is null or empty"),  # only whitespace: missing, as before
+    ]
+    frame = pd.DataFrame(
+        {
+            "source_line": range(1, len(rows) + 1),
+            "event_id": [r[0] for r in rows],
+            "user_id": [r[1] for r in rows],
+            "item_id": [r[2] for r in rows],
+            "event_type": "view",
+            "ts": "2024-10-02T10:00:00Z",
+            "quantity": 1,
+            "value": 0.0,
+        }
+    )
+    accepted, quarantined = validate_events(frame, DAY)
+    assert sorted(accepted["event_id"]) == ["ok1", "ok2"]
+    assert accepted.set_index("event_id").loc["ok1", "item_id"] == "caf\u00e9"
+    got = {int(line): (reason, detail) for line, reason, detail in quarantined[["source_line", "reason", "detail"]].values}
+    expected = {i + 1: ("id_control_character", r[3]) for i, r in enumerate(rows) if r[3] and i < 10}
+    expected[11] = ("missing_id", "event_id is null or empty")
+    assert got == expected
+    assert "id_control_character" in REASONS and "control character" in REASONS["id_control_character"]
+    assert quarantined.set_index(quarantined["source_line"].astype(int)).loc[3, "event_id"] == "nul\x00"  # kept raw
+
+
+def test_integer_ids_when_every_row_is_rejected_early():
+    # regression: with no row left after event_id's check, the integer user_id/item_id columns used to
+    # break the string checks (AttributeError: Can only use .str accessor with string values)
+    frame = pd.DataFrame(
+        {"event_id": [None, ""], "user_id": [5, 6], "item_id": [7, 8], "event_type": "view",
+         "ts": "2024-10-02T10:00:00Z", "quantity": 1, "value": 0.0}
+    )
+    accepted, quarantined = validate_events(frame, DAY)
+    assert accepted.empty and quarantined["reason"].tolist() == ["missing_id", "missing_id"]
+    assert quarantined["user_id"].tolist() == ["5", "6"]
+    kept, _ = validate_events(frame.assign(event_id=["a", "b"]), DAY)
+    assert kept["user_id"].tolist() == ["5", "6"] and kept["item_id"].tolist() == ["7", "8"]
