@@ -1,6 +1,6 @@
 """``factory``: run the whole factory through Dagster for a date range, or open the UI on its instance.
 
-    factory run [--source S] [--path P] [--start D] [--end D] [--backtest] [--home H] [--json]
+    factory run [--source S] [--path P] [--start D] [--end D] [--backtest] [--home H] [--json] [--verbose]
     factory dev [dagster dev options...]
     factory serve [--host 127.0.0.1] [--port 8000]   (factory_assets.service: HTTP recommendations of the champion)
     factory models list | show VERSION | diff A B | rollback [--to VERSION] --reason TEXT   (factory_assets.registry.cli)
@@ -8,23 +8,30 @@
 
 ``factory run`` materialises every raw and feature partition of the range (one ``daily_ingest`` run per
 day), then trains, gates and (if the gates pass) promotes one candidate per day for the last 7 days of the
-range (``--backtest``: every day with a full window), one ``daily_training`` run per day.  The runs go to the
-Dagster instance under ``FACTORY_HOME`` (``$DAGSTER_HOME`` if set), so they are visible in the UI.  The
-chosen source travels as run config, so no run depends on this shell's environment.
+range (``--backtest``: every day with a full window), one ``daily_training`` run per day.  The simulator's
+default range is the 56 days ending yesterday (UTC), automation's own timeline.  The runs go to the Dagster
+instance under ``FACTORY_HOME`` (``$DAGSTER_HOME`` if set), so they are visible in the UI.  The chosen source
+travels as run config, so no run depends on this shell's environment.  Operator faults (a killed earlier run,
+SIGTERM, a second run on the same home, an unwritable home) are handled by :mod:`factory_assets.runguard`.
 
 With ``--json`` standard output is exactly one JSON document (logs go to standard error)::
 
     {"source", "warehouse", "dagster_home", "range": {"start", "end"},
      "served_model": {"version", "sha256", "path", "partition_day"} | null,
      "evaluation": {"model": {...}, "baselines": {"popularity": {...}, "repeat": {...}}, "references": {...},
-                    "segments": [...]},
+                    "segments": [...], "champion": {...} | null},
      "checks": [{"name", "passed", "reason"}],
-     "partitions": ["YYYY-MM-DD", ...], "trained": [{"partition", "version", "status", "reason"}],
-     "registry": {"versions", "promotions"}, "runs": [{"job", "partition", "run_id", "success", "error" (failed only)}],
+     "partitions": ["YYYY-MM-DD", ...],
+     "trained": [{"partition", "version", "verdict", "status", "reason", "failed_gates", "run_id"}],
+     "registry": {"versions", "promotions"},
+     "runs": [{"job", "partition", "run_id", "success", "outcome", "error" (error/canceled only)}],
+     "recovered": [{"run_id", "job", "partition", "pid", "action"}], "stopped": "SIGTERM" | "SIGINT" | null,
      "elapsed_s"}
 
 ``evaluation`` and ``checks`` describe the last day's candidate; ``served_model`` (with ``partition_day``) is
-the champion at the end.  A refused input prints ``{"error": "..."}`` instead (exit status 2).
+the champion at the end.  A refused input prints ``{"error": "..."}`` instead (exit status 2).  Exit status
+(:func:`exit_code`): 0 when every run succeeded or stopped at a failed blocking gate and a model is served, 1 on
+an error, 2 on refused input, 128 + the signal after SIGTERM/SIGINT.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 import time
 import warnings
@@ -41,7 +49,18 @@ from pathlib import Path
 
 from factory_assets import settings
 
-SIMULATOR_RANGE = ("2024-10-06", "2024-11-30")  # eight weeks; the default preference shift is 2024-11-11
+SIMULATOR_DAYS = 56  # the default simulator run: the eight weeks ending yesterday (UTC) ...
+SIMULATOR_SHIFT_BEFORE_END = 19  # ... with the preference shift in week six (as 2024-11-11 in 2024-10-06..11-30)
+
+
+def default_simulator_range(today: date | None = None) -> tuple[date, date, date]:
+    """``(start, end, shift_date)`` of the default simulator run: the 56 days ending yesterday (UTC), the shift
+    19 days before the end.  Ending yesterday puts the run on automation's timeline: ``./dev ui`` afterwards only
+    continues it with each new day (a fixed 2024 range made automation ingest the 35 days up to yesterday and
+    promote a model of those over the run's champion)."""
+    today = today or datetime.now(timezone.utc).date()
+    end = today - timedelta(days=1)
+    return end - timedelta(days=SIMULATOR_DAYS - 1), end, end - timedelta(days=SIMULATOR_SHIFT_BEFORE_END)
 TRAIN_LAST_DAYS = 7
 
 log = logging.getLogger("factory")
@@ -75,7 +94,18 @@ def run(args: argparse.Namespace, simulator: dict | None = None, candidate: dict
     ``simulator`` (``SimulatorOptions`` fields, e.g. ``{"shift_strength": 3.0}``) and ``candidate``
     (``CandidateConfig`` fields, e.g. ``{"model_kind": "blend"}``) travel as run config too; ``factory demo``
     uses them.
+
+    Operator faults (:mod:`factory_assets.runguard`): one ``factory run`` per home (a second one is refused);
+    the Dagster instance is created under a file lock; runs of killed processes are marked failed and their
+    pool slots freed before anything starts; a slot held by another live run is waited for at most
+    ``FACTORY_SLOT_WAIT_S`` seconds; SIGTERM/SIGINT stop at the next step boundary (``summary["stopped"]``).
+
+    Raises:
+        SystemExit: (a message) for a refused input, a home in use or an unwritable home.
+        runguard.SlotWaitTimeout: the warehouse pool stayed taken by another run.
     """
+    from factory_assets import runguard
+
     started = time.perf_counter()
     source = args.source or settings.source_name()
     if source not in settings.SOURCE_NAMES:
@@ -91,75 +121,229 @@ def run(args: argparse.Namespace, simulator: dict | None = None, candidate: dict
     os.environ["FACTORY_HOME"] = str(home)
     os.environ["FACTORY_SOURCE"] = source  # definitions below read the source's window length
     if source == "simulator" and (args.start is None or args.end is None):
-        start_s, end_s = args.start or SIMULATOR_RANGE[0], args.end or SIMULATOR_RANGE[1]
+        default_start, default_end, shift = default_simulator_range()
+        if args.start is None and args.end is None and "shift_date" not in (simulator or {}):
+            simulator = {**(simulator or {}), "shift_date": shift.isoformat()}
+        start_s, end_s = args.start or default_start.isoformat(), args.end or default_end.isoformat()
     elif args.start is None or args.end is None:
         raise SystemExit(f"factory: source {source!r} needs --start and --end")
     else:
         start_s, end_s = args.start, args.end
     start, end = _parse_day(start_s, "--start"), _parse_day(end_s, "--end")
+    slot_wait_s = settings.slot_wait_seconds()
 
-    dagster_home = settings.dagster_home(home)
-    from dagster import DagsterInstance
-
-    from factory_assets.assets.partitions import DAILY, WINDOW_DAYS
-    from factory_assets.definitions import INGEST_JOB, TRAINING_JOB, defs
-    from factory_assets.features import store
-    from factory_assets.registry import registry
-    from factory_assets.resources import FactoryResource, SimulatorOptions
+    dagster_home = _writable_home(home)
+    from factory_assets.assets.partitions import DAILY, WAREHOUSE_POOL, WINDOW_DAYS
 
     first = date.fromisoformat(DAILY.get_first_partition_key())
     last = date.fromisoformat(DAILY.get_last_partition_key())
     _check_range(start, end, first, last, WINDOW_DAYS)
+    try:
+        lock = runguard.home_lock(home)
+        lock.__enter__()
+    except runguard.HomeInUse as exc:
+        raise SystemExit(f"factory: {exc}") from None
+    try:
+        return _run_locked(args, source, path, home, dagster_home, start, end, simulator, candidate, started,
+                           slot_wait_s, WAREHOUSE_POOL, WINDOW_DAYS)
+    finally:
+        lock.__exit__(None, None, None)
+
+
+def _writable_home(home: Path) -> Path:
+    """Create ``home`` and the Dagster instance directory and prove both writable; return the latter.
+
+    Raises:
+        SystemExit: one line naming the path and the failed permission (exit status 2).
+    """
+    target = home
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+        dagster_home = Path(os.environ["DAGSTER_HOME"]).expanduser().resolve() if os.environ.get("DAGSTER_HOME") \
+            else home / "dagster"
+        for target in (home, dagster_home):
+            target.mkdir(parents=True, exist_ok=True)
+            probe = target / f".write-probe-{os.getpid()}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        return settings.dagster_home(home)
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        where = exc.filename or target
+        raise SystemExit(f"factory: cannot write to {where}: {reason.lower()} (the factory home must be writable; "
+                         f"use --home or FACTORY_HOME)") from None
+
+
+def _run_locked(args, source, path, home, dagster_home, start, end, simulator, candidate, started, slot_wait_s,
+                pool, window_days) -> dict:
+    import socket
+    import uuid
+
+    from factory_assets import runguard
+    from factory_assets.definitions import INGEST_JOB, TRAINING_JOB, defs
+    from factory_assets.resources import FactoryResource, SimulatorOptions
 
     factory_config = {"home": str(home), "source": source, "source_path": path or ""}
     if simulator:
         factory_config["simulator"] = dict(simulator)
-    run_config = {"resources": {"factory": {"config": factory_config}}}
+    run_config = {"resources": {"factory": {"config": factory_config}},
+                  # Dagster's console logger prints every event at DEBUG: INFO and above unless --verbose
+                  "loggers": {"console": {"config": {"log_level": "DEBUG" if getattr(args, "verbose", False) else "INFO"}}}}
     training_config = {**run_config, "ops": {"candidate_model": {"config": dict(candidate)}}} if candidate else run_config
     factory = FactoryResource(home=str(home), source=source, source_path=path or "",
                               simulator=SimulatorOptions(**(simulator or {})))
-    instance = DagsterInstance.get()
+    instance = runguard.open_instance(dagster_home)
+    reaped = runguard.reap_dead_runs(instance, (pool,))
     days = [start + timedelta(days=i) for i in range((end - start).days + 1)]
-    first_trainable = start + timedelta(days=WINDOW_DAYS - 1)
+    first_trainable = start + timedelta(days=window_days - 1)
     train_days = [d for d in days if d >= first_trainable]
     if not args.backtest:
         train_days = train_days[-TRAIN_LAST_DAYS:]
 
-    runs = []
+    runs: list[dict] = []
+    trained: list[dict] = []
+    context = {"stopped": None}
+    host = socket.gethostname()
 
-    def execute(job_name: str, day: date) -> bool:
-        result = defs.resolve_job_def(job_name).execute_in_process(
-            run_config=training_config if job_name == TRAINING_JOB else run_config, instance=instance, partition_key=day.isoformat(), raise_on_error=False,
-            tags={"factory/cli": "run"},
-        )
-        row = {"job": job_name, "partition": day.isoformat(), "run_id": result.run_id, "success": result.success}
-        if not result.success:
-            row["error"] = _failure(result)
+    def execute(job_name: str, day: date) -> str:
+        runguard.wait_for_pool(instance, pool, slot_wait_s, stop)
+        run_id = str(uuid.uuid4())  # known before the run starts: the stop watcher names it
+        with stop.running(instance, run_id):
+            result = defs.resolve_job_def(job_name).execute_in_process(
+                run_config=training_config if job_name == TRAINING_JOB else run_config, instance=instance,
+                partition_key=day.isoformat(), raise_on_error=False, run_id=run_id,
+                tags={"factory/cli": "run", runguard.PID_TAG: str(os.getpid()), runguard.HOST_TAG: host},
+            )
+        row = {"job": job_name, "partition": day.isoformat(), "run_id": run_id, "success": result.success}
+        if stop.requested:
+            name = signal.Signals(stop.signum).name
+            runguard.finish_canceled(instance, run_id, f"factory run stopped by {name}")
+            row["outcome"] = "canceled"
+            row["error"] = f"canceled by {name}"
+            context["stopped"] = name
+        else:
+            row["outcome"] = _outcome(result)
+            if row["outcome"] == "error":
+                row["error"] = _failure(result)
         runs.append(row)
-        log.info("%s %s: %s (run %s)", job_name, day, "ok" if result.success else f"FAILED: {row['error']}", result.run_id)
-        return result.success
+        if job_name == TRAINING_JOB:
+            verdict = _verdict(result, day, row)
+            if verdict is not None:
+                trained.append(verdict)
+        text = {"ok": "ok", "gate": "stopped at a blocking gate", "canceled": row.get("error"),
+                "error": f"FAILED: {row.get('error')}"}[row["outcome"]]
+        log.info("%s %s: %s (run %s)", job_name, day, text, run_id)
+        return row["outcome"]
 
-    for day in days:
-        if not execute(INGEST_JOB, day):
-            # every later window would hold this hole, and a permanent source error (a wrong file) fails every
-            # day alike: stop here rather than fail each remaining day one by one
-            log.error("stopping: daily_ingest %s failed (run %s); later days and training not run", day, runs[-1]["run_id"])
-            train_days = []
-            break
-    for day in train_days:
-        execute(TRAINING_JOB, day)
+    def forced_summary(signum: int) -> None:  # the stop watcher's last word when a step would not stop
+        context["stopped"] = signal.Signals(signum).name
+        _emit(_summary(args, source, factory, dagster_home, start, end, days, train_days, trained, runs, reaped,
+                       context["stopped"], started, read_registry=False), args.json)
 
-    with factory.warehouse() as con:
-        trained = []
-        for day in train_days:
-            row = registry.latest_for_day(con, day)
-            if row:
-                trained.append({"partition": day.isoformat(), "version": row["version"], "status": row["status"], "reason": row["reason"]})
-        last_row = registry.latest_for_day(con, train_days[-1]) if train_days else None
-        window = store.load_window_manifest(con, train_days[-1]) if train_days else None
-        n_versions = len(registry.versions(con))
-        events = registry.history(con)
-        n_promotions = int((events["action"] == "promoted").sum())
+    with runguard.StopSignals(on_forced_exit=forced_summary) as stop:
+        try:
+            for day in days:
+                stop.raise_if_requested()
+                outcome = execute(INGEST_JOB, day)
+                if outcome == "canceled":
+                    break
+                if outcome != "ok":
+                    # every later window would hold this hole, and a permanent source error (a wrong file) fails
+                    # every day alike: stop here rather than fail each remaining day one by one
+                    log.error("stopping: daily_ingest %s failed (run %s); later days and training not run", day, runs[-1]["run_id"])
+                    train_days = []
+                    break
+            for day in train_days:
+                if context["stopped"]:
+                    break
+                stop.raise_if_requested()
+                if execute(TRAINING_JOB, day) == "canceled":
+                    break
+        except runguard.Stopped as exc:
+            context["stopped"] = signal.Signals(exc.signum).name
+        if context["stopped"]:
+            log.warning("factory run stopped by %s; rerun the same command to continue", context["stopped"])
+    return _summary(args, source, factory, dagster_home, start, end, days, train_days, trained, runs, reaped,
+                    context["stopped"], started)
+
+
+def _outcome(result) -> str:
+    """``ok``; ``gate`` when every failed step stopped at a failed blocking asset check (the factory did its
+    job: the decision is recorded); ``error`` otherwise."""
+    if result.success:
+        return "ok"
+    failures = result.get_step_failure_events()
+    if failures and all(getattr(e.event_specific_data.error, "cls_name", "") == "DagsterAssetCheckFailedError"
+                        for e in failures):
+        return "gate"
+    return "error"
+
+
+def _verdict(result, day: date, row: dict) -> dict | None:
+    """This run's decision for ``day`` from its own events (not the registry's later state).
+
+    ``{"partition", "version", "verdict": promoted|champion|kept|shadow|rejected|backtest|error|canceled,
+    "status", "reason", "failed_gates": [{"name", "reason"}], "run_id"}``; None when nothing was decided.
+    """
+    from dagster import DagsterEventType
+
+    from factory_assets.assets.models import CANDIDATE_MODEL
+    from factory_assets.assets.serving import SERVED_MODEL
+
+    out = {"partition": day.isoformat(), "run_id": row["run_id"], "version": None, "status": None, "failed_gates": []}
+    candidate, served = None, None
+    for event in result.all_events:
+        if event.event_type == DagsterEventType.ASSET_MATERIALIZATION:
+            key = event.asset_key.to_user_string()
+            meta = {k: getattr(v, "value", v) for k, v in event.event_specific_data.materialization.metadata.items()}
+            if key == CANDIDATE_MODEL:
+                candidate = meta
+            elif key == SERVED_MODEL:
+                served = meta
+        elif event.event_type == DagsterEventType.ASSET_CHECK_EVALUATION:
+            evaluation = event.event_specific_data
+            if not evaluation.passed:
+                out["failed_gates"].append({"name": evaluation.check_name, "reason": evaluation.description})
+    if row["outcome"] in ("error", "canceled"):
+        out.update(verdict=row["outcome"], reason=row.get("error"))
+        if candidate:
+            out.update(version=candidate.get("version"), status=candidate.get("status"))
+        return out
+    if candidate is None:
+        return None
+    out.update(version=candidate.get("version"), status=candidate.get("status"))
+    verdict = candidate.get("verdict")
+    if verdict == "promote":
+        if served is not None and served.get("promoted"):
+            out.update(verdict="promoted", reason="all gates passed")
+        elif served is not None and served.get("version") == candidate.get("version"):
+            out.update(verdict="champion", reason="all gates passed; a rerun reproduced the champion itself")
+        else:
+            out.update(verdict="kept", reason="all gates passed; the champion stays "
+                       + (f"v{served.get('version')}" if served else "(served_model did not run)"))
+    elif verdict == "reject":
+        out.update(verdict="rejected", reason="; ".join(f"{g['name']}: {g['reason']}" for g in out["failed_gates"]))
+    else:
+        out.update(verdict=verdict, reason=candidate.get("reason") or "; ".join(
+            f"{g['name']}: {g['reason']}" for g in out["failed_gates"]))
+    return out
+
+
+def _summary(args, source, factory, dagster_home, start, end, days, train_days, trained, runs, reaped, stopped,
+             started, read_registry: bool = True) -> dict:
+    from factory_assets.features import store
+    from factory_assets.registry import registry
+
+    last_row = window = None
+    n_versions = n_promotions = None
+    if read_registry:
+        with factory.warehouse() as con:
+            last_day = date.fromisoformat(trained[-1]["partition"]) if trained else None
+            last_row = registry.latest_for_day(con, last_day) if last_day else None
+            window = store.load_window_manifest(con, last_day) if last_day else None
+            n_versions = len(registry.versions(con))
+            events = registry.history(con)
+            n_promotions = int((events["action"] == "promoted").sum())
     champion = registry.read_alias(factory.layout.aliases)
     checks = []
     if window is not None:
@@ -167,34 +351,68 @@ def run(args: argparse.Namespace, simulator: dict | None = None, candidate: dict
         checks.append({"name": "window_complete", "passed": bool(window["complete"]),
                        "reason": f"all {window['days']} days of every feature view present" if window["complete"]
                        else "missing feature partitions: " + "; ".join(f"{v}: {', '.join(d)}" for v, d in missing.items())})
+    evaluation = None
     if last_row is not None:
         checks += [{"name": g["name"], "passed": g["passed"], "reason": g["reason"]} for g in last_row["metrics"]["gates"]]
+        evaluation = dict(last_row["metrics"]["evaluation"])
+        evaluation["champion"] = last_row["metrics"].get("champion")  # the champion on the same users, or None
     return {
         "source": source,
         "warehouse": str(factory.layout.warehouse),
         "dagster_home": str(dagster_home),
         "range": {"start": start.isoformat(), "end": end.isoformat()},
         "served_model": None if champion is None else {k: champion[k] for k in ("version", "sha256", "path", "partition_day")},
-        "evaluation": None if last_row is None else last_row["metrics"]["evaluation"],
+        "evaluation": evaluation,
         "checks": checks,
         "partitions": [d.isoformat() for d in days],
         "trained": trained,
         "registry": {"versions": n_versions, "promotions": n_promotions},
         "runs": runs,
+        "recovered": reaped,
+        "stopped": stopped,
         "elapsed_s": round(time.perf_counter() - started, 1),
     }
 
 
+def exit_code(summary: dict) -> int:
+    """0 when every run succeeded or stopped at a failed blocking gate (its decision recorded) and a model is
+    served; 128 + signal when SIGTERM/SIGINT stopped the run; 1 otherwise (a step errored, nothing served)."""
+    if summary.get("stopped"):
+        from factory_assets.runguard import exit_status
+
+        return exit_status(signal.Signals[summary["stopped"]])
+    ok = all(r.get("outcome", "ok" if r["success"] else "error") in ("ok", "gate") for r in summary["runs"])
+    return 0 if ok and summary["served_model"] else 1
+
+
+def _emit(summary: dict, as_json: bool) -> None:
+    if as_json:
+        json.dump(summary, sys.stdout, indent=2, default=str)
+        sys.stdout.write("\n")
+    else:
+        _print_human(summary)
+    sys.stdout.flush()
+
+
 def _failure(result) -> str:
-    """One line per failed step of an in-process run: ``step: first line of its error`` ("; "-joined)."""
+    """One line per failed step of an in-process run: ``step: the real error's first line`` ("; "-joined).
+
+    Dagster wraps a user exception as "Error occurred while executing op ...:" with the exception as its
+    cause; the innermost cause is reported (``ExceptionClass: message`` unless it is a ``dagster.Failure``).
+    """
     lines = []
     for event in result.get_step_failure_events():
         error = getattr(event.event_specific_data, "error", None)
+        while error is not None and error.cause is not None and error.cls_name in (
+                "DagsterExecutionStepExecutionError", "DagsterUserCodeExecutionError", "DagsterResourceFunctionError"):
+            error = error.cause
         message = (error.message if error is not None else event.message or "failed").strip().splitlines()
         first = message[0] if message else "failed"
         head, sep, rest = first.partition(": ")
         if error is not None and sep and head.rsplit(".", 1)[-1] == error.cls_name:  # "pkg.mod.Failure: text"
             first = rest
+        if error is not None and error.cls_name not in ("Failure", "DagsterAssetCheckFailedError"):
+            first = f"{error.cls_name}: {first}"
         lines.append(f"{event.step_key}: {first}")
     return "; ".join(lines) or "the run failed (no step failure recorded; see the Dagster run log)"
 
@@ -203,19 +421,28 @@ def _print_human(summary: dict) -> None:
     out = sys.stdout
     print(f"factory run: {summary['source']} {summary['range']['start']} .. {summary['range']['end']} "
           f"in {summary['elapsed_s']} s", file=out)
-    failed = [r for r in summary["runs"] if not r["success"]]
-    print(f"  runs: {len(summary['runs'])} ({len(failed)} failed)", file=out)
-    for row in failed:
+    if summary.get("stopped"):
+        print(f"  STOPPED by {summary['stopped']}: rerun the same command to continue", file=out)
+    for row in summary.get("recovered") or []:
+        print(f"  recovered: {row['job'] or 'run'} {row['partition'] or ''} (run {row['run_id']}): {row['action']}", file=out)
+    errors = [r for r in summary["runs"] if r.get("outcome", "ok" if r["success"] else "error") == "error"]
+    print(f"  runs: {len(summary['runs'])} ({len(errors)} errors)", file=out)
+    for row in errors:
         print(f"    {row['job']} {row['partition']} failed: {row['error']}", file=out)
     for row in summary["trained"]:
-        print(f"  candidate {row['partition']}: v{row['version']} {row['status']}", file=out)
+        version = f"v{row['version']}" if row.get("version") is not None else "no version"
+        print(f"  candidate {row['partition']}: {version} {row['verdict']}"
+              + ("" if row["verdict"] == "promoted" else f" ({row['reason']})"), file=out)
     if summary["evaluation"]:
         ev = summary["evaluation"]
         print(f"  last candidate NDCG@10 {ev['model']['ndcg_at_10']:.4f} on {ev['model']['n_users']} users; baselines: "
-              + ", ".join(f"{n} {m['ndcg_at_10']:.4f}" for n, m in ev["baselines"].items()), file=out)
+              + ", ".join(f"{n} {m['ndcg_at_10']:.4f}" for n, m in ev["baselines"].items())
+              + ("" if not ev.get("champion") else f"; champion v{ev['champion']['version']} {ev['champion']['ndcg_at_10']:.4f}"),
+              file=out)
     served = summary["served_model"]
     print(f"  served model: {'none' if served is None else 'v' + str(served['version']) + ' ' + served['path']}", file=out)
-    print(f"  registry: {summary['registry']['versions']} versions, {summary['registry']['promotions']} promotions", file=out)
+    if summary["registry"]["versions"] is not None:
+        print(f"  registry: {summary['registry']['versions']} versions, {summary['registry']['promotions']} promotions", file=out)
     print(f"  warehouse: {summary['warehouse']}", file=out)
     home = Path(summary["warehouse"]).parents[1]
     hint = "./dev ui" if home == (Path.cwd() / ".factory_home").resolve() else f"FACTORY_HOME={home} ./dev ui"
@@ -270,7 +497,14 @@ def demo(args: argparse.Namespace) -> int:
 
 def dev(extra: list[str]) -> int:
     """Seed the instance under FACTORY_HOME and exec ``dagster dev`` on it."""
-    settings.dagster_home()
+    from factory_assets import runguard
+
+    try:
+        home = settings.factory_home()
+        _writable_home(home)
+        runguard.open_instance(settings.dagster_home(home))  # its schemas stamped once, under the instance lock
+    except SystemExit as exc:
+        return _refuse(str(exc.code), as_json=False)
     beside = Path(sys.executable).with_name("dagster")  # the venv's own, whether or not it is on PATH
     program = str(beside) if beside.exists() else "dagster"
     os.execvp(program, [program, "dev", *extra])
@@ -283,11 +517,12 @@ def main(argv: list[str] | None = None) -> int:
     run_p = sub.add_parser("run", help="run the factory end to end for a date range")
     run_p.add_argument("--source", choices=settings.SOURCE_NAMES, help="default: FACTORY_SOURCE or simulator")
     run_p.add_argument("--path", help="file or folder of a file-based source (default: FACTORY_SOURCE_PATH)")
-    run_p.add_argument("--start", help=f"first day, ISO (simulator default {SIMULATOR_RANGE[0]})")
-    run_p.add_argument("--end", help=f"last day, ISO (simulator default {SIMULATOR_RANGE[1]})")
+    run_p.add_argument("--start", help=f"first day, ISO (simulator default: {SIMULATOR_DAYS} days before yesterday)")
+    run_p.add_argument("--end", help="last day, ISO (simulator default: yesterday, UTC, so automation continues the run)")
     run_p.add_argument("--backtest", action="store_true", help="train a candidate for every day with a full window")
     run_p.add_argument("--home", help="FACTORY_HOME (default ./.factory_home)")
     run_p.add_argument("--json", action="store_true", help="print one JSON summary on stdout; logs on stderr")
+    run_p.add_argument("--verbose", action="store_true", help="also Dagster's DEBUG events and its storage migrations")
     demo_p = sub.add_parser("demo", help="the adaptation experiment: factory vs static model vs oracle under a shift")
     demo_p.add_argument("--strengths", help="comma-separated shift strengths to sweep, e.g. 0.75,1.5,3 "
                         "(default: the simulator's 1.5 only)")
@@ -316,6 +551,8 @@ def main(argv: list[str] | None = None) -> int:
         return dev(argv[1:])
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
+    if not getattr(args, "verbose", False):  # a fresh instance's schema migrations print ~340 INFO lines
+        logging.getLogger("alembic").setLevel(logging.WARNING)
     try:
         return _dispatch(args)
     except settings.SettingsError as exc:  # a bad FACTORY_* variable: one line, not a traceback
@@ -349,6 +586,7 @@ def check_settings() -> None:
     except MissingExecutorPackage as exc:
         raise settings.SettingsError(str(exc)) from exc
     settings.als_gpu()
+    settings.slot_wait_seconds()
 
 
 def _dispatch(args) -> int:
@@ -365,6 +603,8 @@ def _dispatch(args) -> int:
         return models_cli.main(args)
     if args.command == "serve":
         return service_cli.main(args)
+    from factory_assets import runguard
+
     try:
         if args.command == "demo":
             return demo(args)
@@ -373,13 +613,11 @@ def _dispatch(args) -> int:
         if isinstance(exc.code, str):
             return _refuse(exc.code, args.json)
         raise
-    if args.json:
-        json.dump(summary, sys.stdout, indent=2, default=str)
-        sys.stdout.write("\n")
-    else:
-        _print_human(summary)
-    return 0 if all(r["success"] for r in summary["runs"]) and summary["served_model"] else 1
-
+    except (runguard.SlotWaitTimeout, TimeoutError) as exc:  # an error, not a refusal: exit 1, one line
+        _refuse(f"factory: {exc}", args.json)
+        return 1
+    _emit(summary, args.json)
+    return exit_code(summary)
 
 if __name__ == "__main__":  # pragma: no cover
     raise SystemExit(main())

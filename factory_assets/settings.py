@@ -14,6 +14,8 @@ Environment variables (all optional):
 ``DAGSTER_HOME``           the Dagster instance (default ``$FACTORY_HOME/dagster``)
 ``FACTORY_EXECUTOR``       ``in_process`` (default), ``multiprocess``, ``celery`` or ``k8s``
                            (see :mod:`factory_assets.executors`; read when definitions load)
+``FACTORY_SLOT_WAIT_S``    seconds ``factory run`` waits for the warehouse pool's slot while another
+                           live run holds it, before it gives up with an error (default 600)
 =========================  ===================================================================
 
 Layout under the home, namespaced per source because partition keys do not say which source a day
@@ -115,6 +117,27 @@ def als_gpu() -> bool:
     if mode == "on" and not implicit.gpu.HAS_CUDA:
         raise SettingsError("FACTORY_ALS_GPU=on but implicit was built without CUDA (pip wheels are CPU-only)")
     return bool(implicit.gpu.HAS_CUDA)
+
+
+DEFAULT_SLOT_WAIT_S = 600.0
+
+
+def slot_wait_seconds() -> float:
+    """Seconds ``factory run`` waits for a pool slot held by another live run: ``FACTORY_SLOT_WAIT_S`` (default 600).
+
+    Raises:
+        SettingsError (a ValueError): if it is not a number of seconds in ``0..86400``.
+    """
+    raw = os.environ.get("FACTORY_SLOT_WAIT_S", "").strip()
+    if not raw:
+        return DEFAULT_SLOT_WAIT_S
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds <= 86400:
+        raise SettingsError(f"FACTORY_SLOT_WAIT_S={raw!r} is not a number of seconds in 0..86400")
+    return seconds
 
 
 def partition_start() -> str:
