@@ -2,19 +2,23 @@
 
 
 import hashlib
-from datetime import datetime, time, timedelta, timezone
+from datetime import date, datetime, time, timedelta, timezone
 
 from dagster import AssetDep, AssetExecutionContext, DataVersion, MaterializeResult, TimeWindowPartitionMapping, asset
 
-from factory_assets.assets.partitions import DAILY, GROUP_FEATURES, WAREHOUSE_POOL, partition_day
+from factory_assets.assets.partitions import DAILY, GROUP_FEATURES, SINGLE_RUN, WAREHOUSE_POOL, for_each_day
 from factory_assets.features import retrieval, store, views
 from factory_assets.resources import FactoryResource
 from factory_assets.warehouse import RAW_EVENTS
 
 
 def _build_view(context: AssetExecutionContext, factory: FactoryResource, view: str) -> MaterializeResult:
+    """(Re)build the run's day of a feature view, or each day of a range run in order."""
+    return for_each_day(context, lambda day: _build_view_day(factory, view, day))
+
+
+def _build_view_day(factory: FactoryResource, view: str, day: date) -> MaterializeResult:
     """(Re)build one day of a feature view; derived views also report the input days they found missing."""
-    day = partition_day(context)
     with factory.warehouse() as con:
         version, rows = views.build_view_partition(con, view, day)
         missing = views.missing_inputs(con, view, day)
@@ -31,6 +35,7 @@ def _build_view(context: AssetExecutionContext, factory: FactoryResource, view: 
     group_name=GROUP_FEATURES,
     kinds={"duckdb", "sql"},
     pool=WAREHOUSE_POOL,
+    backfill_policy=SINGLE_RUN,
     code_version=store.FEATURE_CODE_VERSION,
     description="Feature view (entity user x item, day): counts by event type, conversions, weighted strength.",
 )
@@ -45,6 +50,7 @@ def user_item_daily(context: AssetExecutionContext, factory: FactoryResource) ->
     group_name=GROUP_FEATURES,
     kinds={"duckdb", "sql"},
     pool=WAREHOUSE_POOL,
+    backfill_policy=SINGLE_RUN,
     code_version=store.FEATURE_CODE_VERSION,
     description="Feature view (entity item, day): popularity as distinct users, converters and events.",
 )
@@ -59,6 +65,7 @@ def item_daily(context: AssetExecutionContext, factory: FactoryResource) -> Mate
     group_name=GROUP_FEATURES,
     kinds={"duckdb", "sql"},
     pool=WAREHOUSE_POOL,
+    backfill_policy=SINGLE_RUN,
     code_version=views.DERIVED_CODE_VERSION,
     description="Feature view (entity user, day): events, conversions, distinct items, value, last event.",
 )
@@ -73,6 +80,7 @@ def user_features(context: AssetExecutionContext, factory: FactoryResource) -> M
     group_name=GROUP_FEATURES,
     kinds={"duckdb", "sql"},
     pool=WAREHOUSE_POOL,
+    backfill_policy=SINGLE_RUN,
     code_version=views.DERIVED_CODE_VERSION,
     description="Feature view (entity item, day): users, converters and the 7-day popularity trend "
     f"(reads the {views.ITEM_FEATURES_LOOKBACK + 1} item_daily partitions ending on the day).",
@@ -88,12 +96,17 @@ def item_features(context: AssetExecutionContext, factory: FactoryResource) -> M
     group_name=GROUP_FEATURES,
     kinds={"duckdb"},
     pool=WAREHOUSE_POOL,
+    backfill_policy=SINGLE_RUN,
     code_version="1",
     description="The serving copy of user_features and item_features: the latest value per entity as of the end "
     "of the partition's day, computed by the same code as training frames (no training/serving skew).",
 )
 def online_features(context: AssetExecutionContext, factory: FactoryResource) -> MaterializeResult:
-    day = partition_day(context)
+    return for_each_day(context, lambda day: _online_features_day(factory, day))
+
+
+def _online_features_day(factory: FactoryResource, day: date) -> MaterializeResult:
+    """The serving copy as of the end of ``day`` (a range run writes each day in turn: the last one stays)."""
     as_of = datetime.combine(day + timedelta(days=1), time(0), tzinfo=timezone.utc)  # day D is complete
     with factory.warehouse() as con:
         manifests = {view: retrieval.materialize_online(con, view, as_of) for view in (views.USER_FEATURES, views.ITEM_FEATURES)}

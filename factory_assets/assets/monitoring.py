@@ -47,7 +47,7 @@ from dagster import (
 )
 
 from factory_assets import drift
-from factory_assets.assets.partitions import DAILY, WAREHOUSE_POOL, WINDOW_DAYS, partition_day
+from factory_assets.assets.partitions import DAILY, SINGLE_RUN, WAREHOUSE_POOL, WINDOW_DAYS, for_each_day
 from factory_assets.features.store import ITEM_DAILY
 from factory_assets.resources import FactoryResource
 from factory_assets.warehouse import ledger
@@ -159,6 +159,7 @@ def drift_data_version(day: date, inputs: pd.DataFrame, categories: Mapping[str,
     group_name=GROUP_MONITORING,
     kinds={"duckdb", "sql"},
     pool=WAREHOUSE_POOL,
+    backfill_policy=SINGLE_RUN,
     code_version=drift.DRIFT_CODE_VERSION,
     check_specs=[
         AssetCheckSpec(
@@ -177,7 +178,11 @@ def drift_data_version(day: date, inputs: pd.DataFrame, categories: Mapping[str,
     ),
 )
 def behaviour_drift(context: AssetExecutionContext, factory: FactoryResource) -> MaterializeResult:
-    day = partition_day(context)
+    return for_each_day(context, lambda day: _behaviour_drift_day(factory, day))
+
+
+def _behaviour_drift_day(factory: FactoryResource, day: date) -> MaterializeResult:
+    """One day's verdict against the days before it (a range run assesses each day in order)."""
     categories = item_category_map(factory.event_source)
     with factory.warehouse() as con:
         ensure_schema(con)

@@ -1,11 +1,15 @@
-"""``raw_events``: one UTC day of events from the configured source, validated, quarantined, stored atomically."""
+"""``raw_events``: one UTC day of events from the configured source, validated, quarantined, stored atomically.
 
+A range run (``--partition-range A...B``) ingests each day of it in turn, one atomic write per day.
+"""
+
+from datetime import date
 
 import duckdb
 import pandas as pd
 from dagster import AssetExecutionContext, DataVersion, Failure, MaterializeResult, MetadataValue, asset
 
-from factory_assets.assets.partitions import DAILY, FETCH_RETRY, GROUP_RAW, WAREHOUSE_POOL, partition_day
+from factory_assets.assets.partitions import DAILY, FETCH_RETRY, GROUP_RAW, SINGLE_RUN, WAREHOUSE_POOL, for_each_day
 from factory_assets.checks import raw_checks
 from factory_assets.resources import FactoryResource
 from factory_assets.sources import PermanentSourceError, TransientSourceError
@@ -20,12 +24,17 @@ from factory_assets import warehouse
     kinds={"duckdb", "python"},
     pool=WAREHOUSE_POOL,
     retry_policy=FETCH_RETRY,
+    backfill_policy=SINGLE_RUN,
     code_version="1",
     check_specs=raw_checks.SPECS,
     description="Interaction events of one UTC day in the common schema; rejected rows go to raw_events_quarantine.",
 )
 def raw_events(context: AssetExecutionContext, factory: FactoryResource) -> MaterializeResult:
-    day = partition_day(context)
+    return for_each_day(context, lambda day: _raw_events_day(context, factory, day))
+
+
+def _raw_events_day(context: AssetExecutionContext, factory: FactoryResource, day: date) -> MaterializeResult:
+    """One day: fetch, validate, write atomically, check (a range run calls it for each day in order)."""
     try:
         batch = factory.event_source.fetch_day(day)
     except TransientSourceError as exc:

@@ -25,7 +25,7 @@ from dagster import AssetExecutionContext, Config, DataVersion, Failure, Materia
 from pydantic import Field
 
 from factory_assets import serving_log, warehouse
-from factory_assets.assets.partitions import DAILY, GROUP_SERVING, WAREHOUSE_POOL, partition_day
+from factory_assets.assets.partitions import DAILY, GROUP_SERVING, ONE_RUN_PER_PARTITION, WAREHOUSE_POOL, partition_day
 from factory_assets.recsys.artefact import ArtefactIntegrityError, load_manifest_model
 from factory_assets.registry import registry
 from factory_assets.resources import FactoryResource
@@ -171,6 +171,7 @@ def _rows_version(rows: list[dict]) -> str:
     group_name=GROUP_SERVING,
     kinds={"duckdb", "parquet"},
     pool=WAREHOUSE_POOL,
+    backfill_policy=ONE_RUN_PER_PARTITION,
     code_version="1",
     description="Champion vs shadow on the day's served-recommendation log, joined with the day's later purchases "
     "(table shadow_scores); promotes the shadow once it has beaten the champion on enough logged days.",
