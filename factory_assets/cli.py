@@ -216,12 +216,12 @@ def _run_locked(args, source, path, home, dagster_home, start, end, simulator, c
             )
         row = {"job": job_name, "partition": day.isoformat(), "run_id": run_id, "success": result.success}
         if stop.requested:
-            name = signal.Signals(stop.signum).name
-            runguard.finish_canceled(instance, run_id, f"factory run stopped by {name}")
+            context["stopped"] = signal.Signals(stop.signum).name
+        if stop.requested and not result.success:  # interrupted: the step's write rolled back
+            runguard.finish_canceled(instance, run_id, f"factory run stopped by {context['stopped']}")
             row["outcome"] = "canceled"
-            row["error"] = f"canceled by {name}"
-            context["stopped"] = name
-        else:
+            row["error"] = f"canceled by {context['stopped']}"
+        else:  # (a signal after the run's last step leaves it as it ended)
             row["outcome"] = _outcome(result)
             if row["outcome"] == "error":
                 row["error"] = _failure(result)
@@ -245,7 +245,7 @@ def _run_locked(args, source, path, home, dagster_home, start, end, simulator, c
             for day in days:
                 stop.raise_if_requested()
                 outcome = execute(INGEST_JOB, day)
-                if outcome == "canceled":
+                if context["stopped"]:
                     break
                 if outcome != "ok":
                     # every later window would hold this hole, and a permanent source error (a wrong file) fails
@@ -257,7 +257,8 @@ def _run_locked(args, source, path, home, dagster_home, start, end, simulator, c
                 if context["stopped"]:
                     break
                 stop.raise_if_requested()
-                if execute(TRAINING_JOB, day) == "canceled":
+                execute(TRAINING_JOB, day)
+                if context["stopped"]:
                     break
         except runguard.Stopped as exc:
             context["stopped"] = signal.Signals(exc.signum).name
@@ -307,11 +308,11 @@ def _verdict(result, day: date, row: dict) -> dict | None:
     if row["outcome"] in ("error", "canceled"):
         out.update(verdict=row["outcome"], reason=row.get("error"))
         if candidate:
-            out.update(version=candidate.get("version"), status=candidate.get("status"))
+            out.update(version=candidate.get("version"), status=candidate.get("registry_status"))
         return out
     if candidate is None:
         return None
-    out.update(version=candidate.get("version"), status=candidate.get("status"))
+    out.update(version=candidate.get("version"), status=candidate.get("registry_status"))
     verdict = candidate.get("verdict")
     if verdict == "promote":
         if served is not None and served.get("promoted"):

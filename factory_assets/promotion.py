@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from datetime import date
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,7 @@ BEATS_BASELINE = "beats_baseline"
 NOT_WORSE_THAN_CHAMPION = "not_worse_than_champion"
 SAFE_TO_SERVE = "safe_to_serve"
 GATES: tuple[str, ...] = (BEATS_BASELINE, NOT_WORSE_THAN_CHAMPION, SAFE_TO_SERVE)
-PROMOTE, SHADOW, REJECT = "promote", "shadow", "reject"
+PROMOTE, SHADOW, REJECT, BACKTEST = "promote", "shadow", "reject", "backtest"
 
 
 @dataclass(frozen=True)
@@ -31,15 +32,19 @@ class GateResult:
     metadata: dict = field(default_factory=dict)
 
 
-def decide(gates: list[GateResult]) -> tuple[str, str]:
+def decide(gates: list[GateResult], backtest_of: int | None = None) -> tuple[str, str]:
     """The verdict of a candidate from its gates, and the reason.
 
     - ``promote``: every gate passed (``served_model`` will move the champion alias);
+    - ``backtest``: every gate passed, but the candidate's day is older than the champion's (``backtest_of``,
+      the champion's version): evaluated and recorded, never promoted over a newer champion;
     - ``shadow``: safe to serve and better than the baselines, but not clearly as good as the champion: it
       is scored on live traffic beside the champion (the ``shadow`` alias) until it proves itself;
     - ``reject``: unsafe to serve or not better than the baselines.
     """
     failed = {g.name: g for g in gates if not g.passed}
+    if not failed and backtest_of is not None:
+        return BACKTEST, f"all gates passed; a backtest (older than champion v{backtest_of}): recorded, not promoted"
     if not failed:
         return PROMOTE, "all gates passed"
     reason = "; ".join(f"{g.name}: {g.reason}" for g in failed.values())
@@ -91,6 +96,30 @@ def paired_bootstrap_ci(
     return float(diff.mean()), float(result.confidence_interval.low), float(result.confidence_interval.high)
 
 
+def champion_not_comparable(
+    champion_version: int, champion_day: date, candidate_day: date, champion_trained_on: tuple[date, date],
+    test_days: tuple[date, date],
+) -> str | None:
+    """Why the champion must not be compared with a candidate on its test days, or None when it may.
+
+    - the candidate's day is older than the champion's (a backtest): the champion knows the candidate's future;
+    - the champion's evaluation model trained on any of the candidate's test days (inclusive ``(first, last)``
+      UTC days): it would be scored on interactions it has seen (leakage; it won by 0.05-0.23 NDCG@10 on reruns).
+
+    Both happen together on a rerun of older days; a forward candidate never overlaps with the same window and
+    holdout (the champion's evaluation model ends ``holdout_days`` before its own day).
+    """
+    overlap = champion_trained_on[0] <= test_days[1] and test_days[0] <= champion_trained_on[1]
+    leak = (f"champion v{champion_version}'s evaluation model trained on {champion_trained_on[0]}..{champion_trained_on[1]}, "
+            f"which overlaps this candidate's test days {test_days[0]}..{test_days[1]}")
+    if candidate_day < champion_day:
+        return (f"backtest: the candidate's day {candidate_day} is older than champion v{champion_version}'s "
+                f"({champion_day})" + (f"; {leak}" if overlap else "") + "; the champion is not compared")
+    if overlap:
+        return f"{leak}: comparing would reward it for days it has seen; the champion is not compared"
+    return None
+
+
 def not_worse_than_champion(
     candidate_per_user: np.ndarray,
     champion_per_user: np.ndarray | None,
@@ -99,12 +128,18 @@ def not_worse_than_champion(
     champion_must_go: str | None = None,
     confidence: float = 0.95,
     n_resamples: int = 2000,
+    not_compared: str | None = None,
 ) -> GateResult:
     """Pass when there is no champion, or the paired bootstrap interval of the per-user NDCG@10 difference
     (candidate - champion, same users and days) lies above ``-tolerance``.
 
-    ``champion_must_go`` (a reason, e.g. the champion was trained on erased data) waives the comparison.
+    ``champion_must_go`` (a reason, e.g. the champion was trained on erased data) waives the comparison;
+    ``not_compared`` (a reason from :func:`champion_not_comparable`) skips it: the gate passes and says why,
+    with ``compared: False`` in its metadata.
     """
+    if not_compared:
+        return GateResult(NOT_WORSE_THAN_CHAMPION, True, f"not compared: {not_compared}",
+                          {"compared": False, "champion_version": champion_version})
     if champion_per_user is None:
         return GateResult(NOT_WORSE_THAN_CHAMPION, True, "no champion yet: the first passing candidate is served", {})
     mean, low, high = paired_bootstrap_ci(candidate_per_user, champion_per_user, confidence, n_resamples)

@@ -46,7 +46,7 @@ def decision_markdown(
         "Thresholds: " + ", ".join(f"`{k}` = {v}" for k, v in sorted(policy.items())),
         "",
     ]
-    return "\n".join(head) + evaluation_markdown(evaluation, champion, gates)
+    return "\n".join(head) + "\n" + evaluation_markdown(evaluation, champion, gates)  # a blank line between blocks
 
 
 def segments_markdown(segments: Sequence[dict]) -> str:

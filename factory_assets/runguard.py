@@ -421,10 +421,11 @@ class StopSignals:
 
 
 def finish_canceled(instance, run_id: str, message: str) -> None:
-    """Report ``run_id`` CANCELED (unless it already is) and free every pool slot it holds or waits for."""
+    """Report ``run_id`` CANCELED (unless it is already, or it succeeded) and free every pool slot it holds or
+    waits for."""
     from dagster import DagsterRunStatus
 
     run = instance.get_run_by_id(run_id)
-    if run is not None and run.status != DagsterRunStatus.CANCELED:
+    if run is not None and run.status not in (DagsterRunStatus.CANCELED, DagsterRunStatus.SUCCESS):
         instance.report_run_canceled(run, message=message)
     instance.event_log_storage.free_concurrency_slots_for_run(run_id)

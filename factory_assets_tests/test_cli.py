@@ -121,3 +121,14 @@ def test_factory_run_json_prints_one_document_and_serves_a_model(tmp_path):
     assert summary["registry"] == {"versions": 2, "promotions": 2}
     assert all(r["success"] for r in summary["runs"]) and len(summary["runs"]) == 18
     assert (tmp_path / "dagster" / "dagster.yaml").exists()  # the instance was seeded with the project's config
+
+
+def test_the_default_simulator_run_ends_yesterday_on_automations_timeline():
+    from datetime import date
+
+    from factory_assets.assets.partitions import DAILY
+
+    assert cli.default_simulator_range(date(2026, 12, 7)) == (date(2026, 10, 12), date(2026, 12, 6), date(2026, 11, 17))
+    start, end, shift = cli.default_simulator_range()
+    assert end.isoformat() == DAILY.get_last_partition_key()  # the newest partition automation materialises
+    assert (end - start).days + 1 == 56 and (end - shift).days == 19  # as 2024-10-06..11-30 with the shift on 11-11

@@ -24,6 +24,7 @@ from factory_assets.assets.partitions import (
     GROUP_MODELS,
     HOLDOUT_DAYS,
     ROLLING_WINDOW,
+    ONE_RUN_PER_PARTITION,
     WAREHOUSE_POOL,
     WINDOW_DAYS,
     partition_day,
@@ -35,6 +36,7 @@ from factory_assets.recsys.artefact import (
     atomic_write_bytes,
     load_manifest_model,
     load_model,
+    read_manifest,
     save_model,
     write_manifest,
 )
@@ -62,6 +64,7 @@ MODEL_CODE_VERSION = "2"  # 2: the ranker's long purchase-history features
     group_name=GROUP_MODELS,
     kinds={"duckdb"},
     pool=WAREHOUSE_POOL,
+    backfill_policy=ONE_RUN_PER_PARTITION,
     code_version="1",
     check_specs=[
         AssetCheckSpec(
@@ -101,6 +104,12 @@ def training_window(context: AssetExecutionContext, factory: FactoryResource) ->
 _DEFAULTS = ModelParams()
 # evaluation["model"] entries (recsys.report, training.CandidateResult.evaluation) shown as numeric metadata
 REPORT_METADATA = ("gini_at_10", "repeat_share_at_10", "new_share_at_10", "repeat_hit_share_at_10", "cold_start_share")
+
+
+def _png_data_uri(png: bytes) -> str:
+    import base64
+
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
 def _float_or_null(value: float | None) -> MetadataValue:
@@ -165,6 +174,7 @@ class CandidateConfig(Config):
     group_name=GROUP_MODELS,
     kinds={"python", "implicit"},
     pool=WAREHOUSE_POOL,
+    backfill_policy=ONE_RUN_PER_PARTITION,
     code_version=MODEL_CODE_VERSION,
     check_specs=[
         AssetCheckSpec(promotion.BEATS_BASELINE, asset=CANDIDATE_MODEL, blocking=True,
@@ -174,7 +184,10 @@ class CandidateConfig(Config):
         AssetCheckSpec(promotion.SAFE_TO_SERVE, asset=CANDIDATE_MODEL, blocking=True,
                        description="finite factors, known ids, full top-10s, size and latency within budget"),
     ],
-    description="ALS + own-history blend trained on the window's first days, scored on its last days, refit on all of it.",
+    description="The day's candidate model (default: the learned ranker over ALS, co-purchase, popularity and history "
+    "candidates; or the blend), tuned and trained on the window's first days, scored on its last days against the "
+    "baselines and the champion (blocking gates), then refit on the whole window. A candidate older than the "
+    "champion's day is a backtest: evaluated and recorded, never promoted.",
 )
 def candidate_model(context: AssetExecutionContext, config: CandidateConfig, factory: FactoryResource) -> MaterializeResult:
     day = partition_day(context)
@@ -211,13 +224,21 @@ def candidate_model(context: AssetExecutionContext, config: CandidateConfig, fac
     result = train_candidate(frame, (start, end), HOLDOUT_DAYS, params, history=history)
     del history
 
-    champion_report = None
+    champion_report, champion_skip = None, None
+    backtest = champion is not None and date.fromisoformat(str(champion["partition_day"])) > day
     if champion is not None:
         try:
-            champion_eval = load_manifest_model(champion["path"], "eval", champion["sha256"])
-            champion_report = evaluate(model_scores(champion_eval, result.eval_set), result.eval_set)
-        except (ArtefactIntegrityError, FileNotFoundError) as exc:
+            champion_trained_on = read_manifest(champion["path"], champion["sha256"])["artefacts"]["eval"]["trained_on"]
+            champion_skip = promotion.champion_not_comparable(
+                champion["version"], date.fromisoformat(str(champion["partition_day"])), day,
+                tuple(date.fromisoformat(d) for d in champion_trained_on), result.split.test_days)
+            if champion_skip is None:
+                champion_eval = load_manifest_model(champion["path"], "eval", champion["sha256"])
+                champion_report = evaluate(model_scores(champion_eval, result.eval_set), result.eval_set)
+        except (ArtefactIntegrityError, FileNotFoundError, KeyError) as exc:
             context.log.error(f"champion v{champion['version']} cannot be verified and is not compared: {exc}")
+    if champion_skip:
+        context.log.info(f"champion gate: {champion_skip}")
 
     models_dir = layout.artefacts / "models"
     eval_path, eval_sha = save_model(result.eval_model, models_dir)
@@ -261,6 +282,7 @@ def candidate_model(context: AssetExecutionContext, config: CandidateConfig, fac
             "it was trained on data since erased" if champion_tainted else None,
             confidence=policy.confidence,
             n_resamples=policy.bootstrap_resamples,
+            not_compared=champion_skip,
         ),
         promotion.safe_to_serve(
             served, served_path, set(frame["user_id"]), set(frame["item_id"]),
@@ -268,12 +290,15 @@ def candidate_model(context: AssetExecutionContext, config: CandidateConfig, fac
             sample_users=policy.sample_users,
         ),
     ]
-    verdict, reason = promotion.decide(gates)
-    status = {promotion.PROMOTE: "candidate", promotion.SHADOW: "shadow", promotion.REJECT: "rejected"}[verdict]
+    verdict, reason = promotion.decide(gates, backtest_of=champion["version"] if backtest else None)
+    status = {promotion.PROMOTE: "candidate", promotion.SHADOW: "shadow", promotion.REJECT: "rejected",
+              promotion.BACKTEST: "backtest"}[verdict]
     record = {
         "verdict": verdict,
         "evaluation": evaluation,
         "champion": None if champion_report is None else {"version": champion["version"], **champion_report.as_dict()},
+        "champion_compared": champion_report is not None,
+        "champion_not_compared": champion_skip,  # why the champion gate did not compare (leakage, backtest)
         "gates": [{"name": g.name, "passed": g.passed, "reason": g.reason, "metadata": g.metadata} for g in gates],
         "policy": policy.model_dump(),
     }
@@ -293,7 +318,7 @@ def candidate_model(context: AssetExecutionContext, config: CandidateConfig, fac
         ],
         metadata={
             "version": version,
-            "status": status,
+            "registry_status": status,
             "manifest_path": MetadataValue.path(str(manifest_path)),
             "manifest_sha256": manifest_sha,
             "ndcg_at_10": evaluation["model"]["ndcg_at_10"],
@@ -304,7 +329,8 @@ def candidate_model(context: AssetExecutionContext, config: CandidateConfig, fac
             "promotion_decision": MetadataValue.md(markdown),
             **{key: _float_or_null(evaluation["model"][key]) for key in REPORT_METADATA},
             "evaluation_report": MetadataValue.md(evaluation_report_markdown(evaluation, plot)),
-            "evaluation_plot": MetadataValue.path(str(plot_path)),
+            "evaluation_plot": MetadataValue.md(f"![NDCG@10 by activity segment]({_png_data_uri(plot)})"),
+            "evaluation_plot_path": MetadataValue.path(str(plot_path)),
             "activity_segments": MetadataValue.json(evaluation["segments"]),
         },
     )

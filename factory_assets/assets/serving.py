@@ -4,7 +4,7 @@
 from dagster import AssetExecutionContext, DataVersion, Failure, MaterializeResult, MetadataValue, asset
 
 from factory_assets.assets.models import CANDIDATE_MODEL
-from factory_assets.assets.partitions import DAILY, GROUP_SERVING, WAREHOUSE_POOL, partition_day
+from factory_assets.assets.partitions import DAILY, GROUP_SERVING, ONE_RUN_PER_PARTITION, WAREHOUSE_POOL, partition_day
 from factory_assets.recsys.artefact import ArtefactIntegrityError, load_manifest_model, read_manifest
 from factory_assets.registry import registry
 from factory_assets.resources import FactoryResource
@@ -19,6 +19,7 @@ SERVED_MODEL = "served_model"
     group_name=GROUP_SERVING,
     kinds={"json"},
     pool=WAREHOUSE_POOL,
+    backfill_policy=ONE_RUN_PER_PARTITION,
     code_version="1",
     description="The champion alias (version, sha256 and path of the manifest, metrics, reason). Runs only when "
     "candidate_model's blocking checks pass; a rejected candidate leaves the previous champion in place.",
@@ -41,7 +42,28 @@ def served_model(context: AssetExecutionContext, factory: FactoryResource) -> Ma
         except (ArtefactIntegrityError, FileNotFoundError) as exc:
             raise Failure(description=f"candidate v{row['version']} failed verification: {exc}", allow_retries=False) from exc
         current = registry.read_alias(layout.aliases)
-        if current is not None and current["partition_day"] > row["partition_day"]:
+        moved = False  # did this materialization move the champion alias?
+        if current is not None and current["version"] == row["version"]:
+            pointer = current  # a re-run reproduced the champion itself: nothing moves
+            context.log.info(f"v{row['version']} ({day}) is already the champion")
+        elif current is not None and row["status"] == "backtest":
+            pointer = current
+            context.log.info(f"v{row['version']} ({day}) is a backtest, older than the champion v{current['version']} "
+                             f"({current['partition_day']}): recorded, never promoted over it")
+        elif (kept := None if row["status"] == registry.CHAMPION
+              else registry.kept_on_reregistration(con, row["version"], row["status"])) is not None:
+            # e.g. the day re-run after a rollback: the retired version is not promoted again
+            if current is None:
+                raise Failure(
+                    description=f"candidate v{row['version']} for {day} is {row['status']}, not promotable: {kept}",
+                    allow_retries=False,
+                )
+            pointer = current
+            context.log.warning(
+                f"v{row['version']} ({day}) is {row['status']} ({kept}): the champion v{current['version']} stays; "
+                f"serve it on purpose with `factory models rollback --to {row['version']}`"
+            )
+        elif current is not None and current["partition_day"] > row["partition_day"]:
             pointer = current
             context.log.warning(
                 f"v{row['version']} ({day}) is older than the champion v{current['version']} "
@@ -53,6 +75,7 @@ def served_model(context: AssetExecutionContext, factory: FactoryResource) -> Ma
                 f"candidate {day}: NDCG@10 {model['ndcg_at_10']:.4f}; "
                 + "; ".join(f"{g['name']} passed" for g in row["metrics"]["gates"])
             )
+            moved = True
             pointer = registry.promote(
                 con, layout.aliases, row["version"], reason,
                 {"source": factory.source, "metrics": {k: model[k] for k in ("ndcg_at_10", "precision_at_10", "recall_at_10", "map_at_10", "coverage", "n_users")}},
@@ -60,6 +83,7 @@ def served_model(context: AssetExecutionContext, factory: FactoryResource) -> Ma
     return MaterializeResult(
         data_version=DataVersion(pointer["sha256"]),
         metadata={
+            "promoted": moved,  # False: the champion stayed (a backtest, a kept status, already the champion)
             "version": pointer["version"],
             "sha256": pointer["sha256"],
             "path": MetadataValue.path(pointer["path"]),

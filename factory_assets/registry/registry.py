@@ -9,8 +9,11 @@ partition day it was trained for, a status and the reason for it.  Statuses:
 ``champion``   the served model (exactly one at a time, also named by the ``champion`` alias)
 ``retired``    a former champion
 ``rejected``   a gate failed; ``reason`` names the failing check(s)
+``backtest``   every gate passed, but its day is older than the champion's: recorded, never promoted over it
 
 Every status change is appended to ``model_events`` (who/what/why), so the promotion history is never lost.
+Re-registering a manifest the registry already holds (a re-run of the same day that reproduced identical
+bytes) may only re-decide a version that never served: see :func:`register` for the transitions.
 The ``champion`` alias is ``<home>/<source>/aliases/champion.json`` (``version``, ``path`` of the manifest,
 ``sha256`` of the manifest, ...),
 replaced with ``os.replace``: a reader (the CLI, a service) never sees a half-written pointer and never needs
@@ -31,10 +34,14 @@ from factory_assets.recsys.artefact import atomic_write_bytes
 VERSIONS = "model_versions"
 DECISIONS = "promotion_decisions"
 EVENTS = "model_events"
-STATUSES: tuple[str, ...] = ("candidate", "shadow", "champion", "retired", "rejected")
+STATUSES: tuple[str, ...] = ("candidate", "shadow", "champion", "retired", "rejected", "backtest")
 CHAMPION = "champion"
 SHADOW = "shadow"
 ERASED_DATA = "trained_on_erased_data"  # history action: this version must not keep serving
+REPRODUCED = "reproduced"  # history action: a re-run registered this manifest again and its status was kept
+# The statuses a re-registration may move a version between (the re-run's verdict decides); every other
+# status (champion, retired) and any version trained on erased data is kept: see register().
+REEVALUABLE: tuple[str, ...] = ("candidate", "shadow", "rejected", "backtest")
 
 DDL: tuple[str, ...] = (
     f"""CREATE TABLE IF NOT EXISTS {VERSIONS} (
@@ -71,19 +78,52 @@ def register(
 ) -> int:
     """Record a trained candidate and return its version id.
 
-    Re-registering the same manifest (a re-run that reproduced identical bytes) returns the existing
-    version and updates its status instead of creating a duplicate.
+    ``status`` is the verdict of the candidate's gates: one of :data:`REEVALUABLE` (``candidate``: promote,
+    ``shadow``, ``rejected``, ``backtest``).
+
+    Re-registering the same manifest (a re-run that reproduced identical bytes, e.g. the same partition run
+    again) returns the existing version, never a duplicate.  Whether the new verdict may change its status
+    depends on where the version stands:
+
+    ==============  ================================  ===================================================
+    from status     a re-registration may set          why
+    ==============  ================================  ===================================================
+    ``candidate``   any of :data:`REEVALUABLE`         never served: the latest run of the gates decides
+                    (``candidate``/``shadow``/         (a new champion or policy may change the verdict)
+                    ``rejected``/``backtest``)
+    ``shadow``      any of :data:`REEVALUABLE`         the same (the ``shadow`` alias is moved only by
+                                                       :func:`designate_shadow` / :func:`promote`;
+                                                       ``shadow_evaluation`` promotes only a ``shadow``)
+    ``rejected``    any of :data:`REEVALUABLE`         the same (e.g. a re-run under a relaxed policy)
+    ``backtest``    any of :data:`REEVALUABLE`         the same (never served either)
+    ``champion``    nothing: stays ``champion``        it is serving; only a promotion or a rollback moves
+                                                       the champion
+    ``retired``     nothing: stays ``retired``         superseded or rolled back: a re-run must not
+                                                       resurrect it (bring it back on purpose with
+                                                       ``factory models rollback --to VERSION``)
+    any, if marked  nothing: the status is kept        it must never serve again
+    ``trained_on_
+    erased_data``
+    ==============  ================================  ===================================================
+
+    A permitted re-decision is recorded as a ``re-evaluated`` event (old -> new status, the new reason) and
+    replaces the version's reason.  A kept status is recorded as one ``reproduced`` event (from = to = the
+    kept status) whose reason names the verdict and its reason; the version's status, reason and
+    ``updated_at`` are left as they were, so :func:`latest_for_day` and the champion stack are unchanged.
 
     Raises:
-        ValueError: for a status outside ``candidate`` / ``rejected``.
+        ValueError: for a status outside :data:`REEVALUABLE`.
     """
-    if status not in ("candidate", "shadow", "rejected"):
-        raise ValueError(f"a new version is 'candidate', 'shadow' or 'rejected', not {status!r}")
+    if status not in REEVALUABLE:
+        raise ValueError(f"a new version is 'candidate', 'shadow', 'rejected' or 'backtest', not {status!r}")
     existing = con.execute(f"SELECT version, status FROM {VERSIONS} WHERE manifest_sha256 = ?", [manifest_sha256]).fetchone()
     if existing:
         version, old = int(existing[0]), existing[1]
-        if old != CHAMPION:
+        kept = kept_on_reregistration(con, version, old)
+        if kept is None:
             set_status(con, version, status, reason, action="re-evaluated")
+        else:
+            record_event(con, version, REPRODUCED, f"re-run reproduced this manifest; verdict {status}: {reason}; {kept}")
         return version
     version = int(con.execute(f"SELECT coalesce(max(version), 0) + 1 FROM {VERSIONS}").fetchone()[0])
     now = _now()
@@ -93,6 +133,20 @@ def register(
     )
     con.execute(f"INSERT INTO {EVENTS} VALUES (?, ?, 'registered', NULL, ?, ?)", [now, version, status, reason])
     return version
+
+
+def kept_on_reregistration(con: duckdb.DuckDBPyConnection, version: int, status: str | None = None) -> str | None:
+    """Why a re-registration must keep ``version``'s status (see :func:`register`), or None if it may re-decide it.
+
+    ``status`` is the version's current status when the caller already read it.
+    """
+    if status is None:
+        status = version_row(con, version)["status"]
+    if has_event(con, version, ERASED_DATA):
+        return f"status {status} kept: trained on erased data"
+    if status not in REEVALUABLE:
+        return f"status {status} kept: a re-run does not change a {status} version"
+    return None
 
 
 def set_status(con: duckdb.DuckDBPyConnection, version: int, status: str, reason: str, action: str) -> None:
@@ -241,8 +295,16 @@ def promote(
 
 def designate_shadow(
     con: duckdb.DuckDBPyConnection, aliases_dir: Path, version: int, reason: str, pointer_extra: dict | None = None
-) -> dict:
-    """Make ``version`` the shadow (scored on live traffic beside the champion); the old shadow is retired."""
+) -> dict | None:
+    """Make ``version`` the shadow (scored on live traffic beside the champion); the old shadow is retired.
+
+    A version whose status a re-registration keeps (the champion, a retired version, one trained on erased
+    data: :func:`kept_on_reregistration`) is not made the shadow: nothing changes and the current shadow
+    pointer (None if there is none) is returned.  So a re-run whose verdict is ``shadow`` cannot resurrect a
+    retired version through the alias either.
+    """
+    if kept_on_reregistration(con, version) is not None:
+        return read_alias(aliases_dir, SHADOW)
     return _move_alias(con, aliases_dir, SHADOW, version, reason, "shadowed", pointer_extra, actor="factory")
 
 

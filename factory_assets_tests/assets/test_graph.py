@@ -87,7 +87,8 @@ def test_rolling_window_maps_and_loads_exactly_28_days(home_copy):
     assert manifest["evaluation"]["model"]["test_days"] == [(day - timedelta(days=6)).isoformat(), day.isoformat()]
     # the evaluation report in the UI: numbers, the segment table and the plot, embedded and next to the manifest
     [mat] = [e.materialization for e in result.get_asset_materialization_events() if e.asset_key == AssetKey("candidate_model")]
-    plot = Path(mat.metadata["evaluation_plot"].value)
+    plot = Path(mat.metadata["evaluation_plot_path"].value)
+    assert mat.metadata["evaluation_plot"].value == f"![NDCG@10 by activity segment](data:image/png;base64,{base64.b64encode(plot.read_bytes()).decode()})"
     assert plot == home_copy / "simulator" / "artefacts" / "reports" / f"{row['manifest_sha256']}.png"
     assert plot.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
     report_md = mat.metadata["evaluation_report"].value

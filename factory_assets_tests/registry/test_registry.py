@@ -77,7 +77,9 @@ def test_reregistering_the_champion_keeps_it_champion(con, aliases):
     n_events = len(registry.history(con))
     assert reg(con, 1, status="rejected", reason="re-run") == v
     assert registry.version_row(con, v)["status"] == "champion"
-    assert len(registry.history(con)) == n_events
+    assert len(registry.history(con)) == n_events + 1  # one "reproduced" event, the status kept
+    last = registry.history(con).iloc[-1]
+    assert (last["action"], last["from_status"], last["to_status"]) == (registry.REPRODUCED, "champion", "champion")
 
 
 def test_register_refuses_other_statuses(con):
