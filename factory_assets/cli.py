@@ -208,7 +208,8 @@ def _run_locked(args, source, path, home, dagster_home, start, end, simulator, c
     def execute(job_name: str, day: date) -> str:
         runguard.wait_for_pool(instance, pool, slot_wait_s, stop)
         run_id = str(uuid.uuid4())  # known before the run starts: the stop watcher names it
-        with stop.running(instance, run_id):
+        with stop.running(instance, run_id), runguard.slot_watchdog(
+                instance, pool, run_id, slot_wait_s, give_up(run_id, job_name, day)):
             result = defs.resolve_job_def(job_name).execute_in_process(
                 run_config=training_config if job_name == TRAINING_JOB else run_config, instance=instance,
                 partition_key=day.isoformat(), raise_on_error=False, run_id=run_id,
@@ -234,6 +235,17 @@ def _run_locked(args, source, path, home, dagster_home, start, end, simulator, c
                 "error": f"FAILED: {row.get('error')}"}[row["outcome"]]
         log.info("%s %s: %s (run %s)", job_name, day, text, run_id)
         return row["outcome"]
+
+    def give_up(run_id: str, job_name: str, day: date):
+        def on_timeout(message: str) -> None:  # the slot watchdog's thread: the main thread is stuck in Dagster
+            runguard.abandon_run(instance, run_id, message)
+            runs.append({"job": job_name, "partition": day.isoformat(), "run_id": run_id, "success": False,
+                         "outcome": "error", "error": message})
+            _emit(_summary(args, source, factory, dagster_home, start, end, days, train_days, trained, runs, reaped,
+                           None, started, read_registry=False), args.json)
+            logging.shutdown()
+            os._exit(1)
+        return on_timeout
 
     def forced_summary(signum: int) -> None:  # the stop watcher's last word when a step would not stop
         context["stopped"] = signal.Signals(signum).name

@@ -293,6 +293,58 @@ def wait_for_pool(instance, pool: str, timeout_s: float, stop: "StopSignals | No
         time.sleep(poll_s)
 
 
+@contextmanager
+def slot_watchdog(instance, pool: str, run_id: str, timeout_s: float, on_timeout: Callable[[str], None],
+                  poll_s: float = 2.0) -> Iterator[None]:
+    """Bound the time a run in progress waits inside Dagster for ``pool``'s slot.
+
+    :func:`wait_for_pool` checks before a run starts, but another process (automation under ``dagster dev``) may
+    take the slot in between; Dagster's in-process executor then waits without limit and ignores interrupts.
+    A thread watches the pool while the block runs: when a step of ``run_id`` has been queued for the slot for
+    ``timeout_s`` seconds, it logs one ERROR naming the holder and calls ``on_timeout(message)`` (which should
+    fail the run, free its slots and end the process).  Logs one WARNING when the step starts waiting.
+    """
+    done = threading.Event()
+
+    def watch() -> None:
+        since, told = None, False
+        while not done.wait(poll_s):
+            try:
+                info = instance.event_log_storage.get_concurrency_info(pool)
+                queued = [p for p in info.pending_steps if p.run_id == run_id and p.assigned_timestamp is None]
+                if not queued:
+                    since = None
+                    continue
+                since = since or time.monotonic()
+                if not told:
+                    log.warning("run %s waits for pool %r: held by %s; giving up after %.0f s", run_id, pool,
+                                _holder_text(instance, info), timeout_s)
+                    told = True
+                if time.monotonic() - since > timeout_s and not done.is_set():
+                    message = (f"gave up after {timeout_s:.0f} s waiting for pool {pool!r} in run {run_id}: held by "
+                               f"{_holder_text(instance, info)} (FACTORY_SLOT_WAIT_S sets the wait)")
+                    log.error("%s", message)
+                    on_timeout(message)
+                    return
+            except Exception as exc:  # noqa: BLE001 - a watchdog never takes the run down by itself
+                log.debug("slot watchdog: %s", exc)
+
+    thread = threading.Thread(target=watch, name="factory-slot-watchdog", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+
+
+def abandon_run(instance, run_id: str, message: str) -> None:
+    """Report ``run_id`` FAILED with ``message`` (unless it already ended) and free its pool slots."""
+    run = instance.get_run_by_id(run_id)
+    if run is not None and not run.is_finished:
+        instance.report_run_failed(run, message)
+    instance.event_log_storage.free_concurrency_slots_for_run(run_id)
+
+
 # --------------------------------------------------------------------------- SIGTERM / SIGINT
 class StopSignals:
     """Turn SIGTERM and SIGINT into a stop at the next step boundary, for the block.

@@ -99,6 +99,27 @@ def test_a_live_runs_slot_is_waited_for_then_given_up_with_its_holder(instance, 
     assert instance.get_run_by_id(run_id).status == DagsterRunStatus.STARTED  # a live run is never reaped
 
 
+def test_a_run_stuck_inside_dagster_waiting_for_the_slot_is_given_up(instance):
+    # the slot was taken between the pre-check and the run's first step (automation under dagster dev): Dagster's
+    # in-process executor would wait without limit; the watchdog bounds it
+    holder = _killed_run(instance, os.getpid())
+    waiting = str(uuid.uuid4())
+    instance.add_run(DagsterRun(job_name="daily_training", run_id=waiting, status=DagsterRunStatus.STARTED))
+    assert not instance.event_log_storage.claim_concurrency_slot(POOL, waiting, "training_window").is_claimed
+    calls = []
+    with runguard.slot_watchdog(instance, POOL, waiting, timeout_s=0.5, on_timeout=calls.append, poll_s=0.1):
+        deadline = time.monotonic() + 10
+        while not calls and time.monotonic() < deadline:
+            time.sleep(0.1)
+    assert len(calls) == 1 and calls[0].startswith(f"gave up after 0 s waiting for pool 'warehouse' in run {waiting}")
+    assert f"held by run {holder} (daily_ingest 2024-10-05, step raw_events)" in calls[0]
+    runguard.abandon_run(instance, waiting, calls[0])
+    assert instance.get_run_by_id(waiting).status == DagsterRunStatus.FAILURE
+    info = instance.event_log_storage.get_concurrency_info(POOL)
+    assert [s.run_id for s in info.claimed_slots] == [holder]  # the live holder keeps its slot
+    assert waiting not in {p.run_id for p in info.pending_steps}  # the abandoned run no longer queues for it
+
+
 def test_a_reused_pid_counts_as_dead():
     # a run created ten days before this process started cannot be this process's run: the pid was reused
     assert runguard.process_alive(os.getpid(), since=time.time())
