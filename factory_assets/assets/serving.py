@@ -46,7 +46,7 @@ def served_model(context: AssetExecutionContext, factory: FactoryResource) -> Ma
         if current is not None and current["version"] == row["version"]:
             pointer = current  # a re-run reproduced the champion itself: nothing moves
             context.log.info(f"v{row['version']} ({day}) is already the champion")
-        elif current is not None and row["status"] == "backtest":
+        elif current is not None and (row["status"] == "backtest" or current["partition_day"] > row["partition_day"]):
             pointer = current
             context.log.info(f"v{row['version']} ({day}) is a backtest, older than the champion v{current['version']} "
                              f"({current['partition_day']}): recorded, never promoted over it")
@@ -62,12 +62,6 @@ def served_model(context: AssetExecutionContext, factory: FactoryResource) -> Ma
             context.log.warning(
                 f"v{row['version']} ({day}) is {row['status']} ({kept}): the champion v{current['version']} stays; "
                 f"serve it on purpose with `factory models rollback --to {row['version']}`"
-            )
-        elif current is not None and current["partition_day"] > row["partition_day"]:
-            pointer = current
-            context.log.warning(
-                f"v{row['version']} ({day}) is older than the champion v{current['version']} "
-                f"({current['partition_day']}): the champion stays"
             )
         else:
             model = manifest["evaluation"]["model"]
