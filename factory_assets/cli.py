@@ -352,7 +352,9 @@ def _summary(args, source, factory, dagster_home, start, end, days, train_days, 
     if read_registry:
         with factory.warehouse() as con:
             last_day = date.fromisoformat(trained[-1]["partition"]) if trained else None
-            last_row = registry.latest_for_day(con, last_day) if last_day else None
+            last_version = trained[-1].get("version") if trained else None
+            # this run's decision for the last day (a re-run decides again; the version row keeps the first one)
+            last_row = registry.latest_decision(con, int(last_version)) if last_version is not None else None
             window = store.load_window_manifest(con, last_day) if last_day else None
             n_versions = len(registry.versions(con))
             events = registry.history(con)
@@ -366,9 +368,9 @@ def _summary(args, source, factory, dagster_home, start, end, days, train_days, 
                        else "missing feature partitions: " + "; ".join(f"{v}: {', '.join(d)}" for v, d in missing.items())})
     evaluation = None
     if last_row is not None:
-        checks += [{"name": g["name"], "passed": g["passed"], "reason": g["reason"]} for g in last_row["metrics"]["gates"]]
-        evaluation = dict(last_row["metrics"]["evaluation"])
-        evaluation["champion"] = last_row["metrics"].get("champion")  # the champion on the same users, or None
+        checks += [{"name": g["name"], "passed": g["passed"], "reason": g["reason"]} for g in last_row["gates"]]
+        evaluation = dict(last_row["evaluation"])
+        evaluation["champion"] = last_row.get("champion")  # the champion on the same users, or None
     return {
         "source": source,
         "warehouse": str(factory.layout.warehouse),

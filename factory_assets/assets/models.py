@@ -326,6 +326,7 @@ def candidate_model(context: AssetExecutionContext, config: CandidateConfig, fac
             "als_weight": result.eval_model.als_weight,
             "regime_start": params.regime_start or "none (no drift in the window)",
             "verdict": verdict,
+            "reason": reason,
             "promotion_decision": MetadataValue.md(markdown),
             **{key: _float_or_null(evaluation["model"][key]) for key in REPORT_METADATA},
             "evaluation_report": MetadataValue.md(evaluation_report_markdown(evaluation, plot)),

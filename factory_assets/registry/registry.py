@@ -175,6 +175,14 @@ def record_decision(
     )
 
 
+def latest_decision(con: duckdb.DuckDBPyConnection, version: int) -> dict | None:
+    """The newest promotion decision record of ``version`` (``verdict``, ``evaluation``, ``champion``, ``gates``,
+    ``policy``: what :func:`record_decision` stored), or None.  A re-run decides again; this is its record."""
+    row = con.execute(f"SELECT record FROM {DECISIONS} WHERE version = ? ORDER BY decided_at DESC LIMIT 1",
+                      [version]).fetchone()
+    return None if row is None else json.loads(row[0])
+
+
 def decisions(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
     """Every promotion decision, oldest first: version, partition_day, decided_at, verdict, reason."""
     return con.execute(f"SELECT version, partition_day, decided_at, verdict, reason FROM {DECISIONS} ORDER BY decided_at, version").df()
