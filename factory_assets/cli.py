@@ -42,6 +42,9 @@ import logging
 import os
 import signal
 import sys
+
+# implicit's ALS warns (and slows down) with a multi-threaded OpenBLAS; ./dev sets this too, .venv/bin/factory did not
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import time
 import warnings
 from datetime import date, datetime, timedelta, timezone
@@ -170,8 +173,9 @@ def _writable_home(home: Path) -> Path:
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
         where = exc.filename or target
-        raise SystemExit(f"factory: cannot write to {where}: {reason.lower()} (the factory home must be writable; "
-                         f"use --home or FACTORY_HOME)") from None
+        which = ("the Dagster instance directory must be writable: fix or unset DAGSTER_HOME"
+                 if target != home else "the factory home must be writable; use --home or FACTORY_HOME")
+        raise SystemExit(f"factory: cannot write to {where}: {reason.lower()} ({which})") from None
 
 
 def _run_locked(args, source, path, home, dagster_home, start, end, simulator, candidate, started, slot_wait_s,

@@ -254,12 +254,18 @@ def reap_dead_runs(instance, pools: tuple[str, ...]) -> list[dict]:
 
 
 def _holder_text(instance, info) -> str:
-    parts = []
-    for slot in info.claimed_slots:
-        run = instance.get_run_by_id(slot.run_id)
+    """Who holds ``info``'s pool: each claimed slot's run (job, partition, step), then the runs queued first."""
+    def describe(run_id: str, step_key: str) -> str:
+        run = instance.get_run_by_id(run_id)
         what = f"{run.job_name} {run.tags.get('dagster/partition', '')}".strip() if run else "unknown run"
-        parts.append(f"run {slot.run_id} ({what}, step {slot.step_key})")
-    return ", ".join(parts) or "runs queued before this one"
+        return f"run {run_id} ({what}, step {step_key})"
+
+    held = [describe(s.run_id, s.step_key) for s in info.claimed_slots]
+    queued = [describe(p.run_id, p.step_key) for p in info.pending_steps]
+    text = ", ".join(held)
+    if queued:
+        text += ("; " if text else "") + "queued before it: " + ", ".join(queued)
+    return text or "nobody (the pool is free)"
 
 
 def wait_for_pool(instance, pool: str, timeout_s: float, stop: "StopSignals | None" = None, poll_s: float = 1.0) -> float:
@@ -440,7 +446,8 @@ class StopSignals:
 
     def _stop(self) -> None:
         name = signal.Signals(self.signum).name
-        log.warning("%s received: stopping at the next step boundary (forced exit in %.0f s)", name, self.grace_s)
+        log.warning("%s received: stopping; the running step is interrupted and its partition write rolled back "
+                    "(forced exit in %.0f s)", name, self.grace_s)
         with self._lock:
             instance, run_id = self.instance, self.run_id
         if instance is not None and run_id is not None:

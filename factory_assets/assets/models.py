@@ -306,6 +306,7 @@ def candidate_model(context: AssetExecutionContext, config: CandidateConfig, fac
     with factory.warehouse() as con:
         version = registry.register(con, day, manifest_path, manifest_sha, status, reason, record)
         registry.record_decision(con, version, day, verdict, reason, record, markdown)
+        registry_status = registry.version_row(con, version)["status"]  # a re-run keeps a champion's/retired status
         if verdict == promotion.SHADOW:
             registry.designate_shadow(con, layout.aliases, version, reason)
     context.log.info(f"candidate v{version} ({day}): {verdict}; {reason}")
@@ -318,7 +319,7 @@ def candidate_model(context: AssetExecutionContext, config: CandidateConfig, fac
         ],
         metadata={
             "version": version,
-            "registry_status": status,
+            "registry_status": registry_status,
             "manifest_path": MetadataValue.path(str(manifest_path)),
             "manifest_sha256": manifest_sha,
             "ndcg_at_10": evaluation["model"]["ndcg_at_10"],
