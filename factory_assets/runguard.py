@@ -213,8 +213,9 @@ def run_worker_pid(instance, run) -> int | None:
 def reap_dead_runs(instance, pools: tuple[str, ...]) -> list[dict]:
     """Mark runs whose worker process is gone as failed, and free every slot of runs that are not running.
 
-    A run counts as dead when it is STARTING, STARTED or CANCELING and :func:`run_worker_pid` names a process
-    that is no longer alive (or was reused).  Its failure event says why.  Then, for each pool in ``pools``,
+    A run counts as dead when it is STARTING, STARTED or CANCELING (or NOT_STARTED with a ``factory/pid`` tag:
+    killed between its creation and its start) and :func:`run_worker_pid` names a process that is no longer
+    alive (or was reused).  Its failure event says why.  Then, for each pool in ``pools``,
     slots claimed or queued by runs that are finished, dead or unknown are freed (Dagster's run monitoring
     does this under the daemon: ``free_slots_after_run_end_seconds``).
 
@@ -224,8 +225,10 @@ def reap_dead_runs(instance, pools: tuple[str, ...]) -> list[dict]:
     from dagster import DagsterRunStatus, RunsFilter
 
     touched = []
-    active = [DagsterRunStatus.STARTING, DagsterRunStatus.STARTED, DagsterRunStatus.CANCELING]
+    active = [DagsterRunStatus.NOT_STARTED, DagsterRunStatus.STARTING, DagsterRunStatus.STARTED, DagsterRunStatus.CANCELING]
     for run in instance.get_runs(filters=RunsFilter(statuses=active)):
+        if run.status == DagsterRunStatus.NOT_STARTED and PID_TAG not in run.tags:
+            continue  # created by a daemon or the UI, not yet launched: not ours to judge
         pid = run_worker_pid(instance, run)
         record = instance.get_run_record_by_id(run.run_id)
         since = record.start_time or record.create_timestamp.timestamp() if record else None

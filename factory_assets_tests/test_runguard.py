@@ -87,6 +87,17 @@ def _wait_without_reaping(instance):
         runguard.reap_dead_runs = original
 
 
+def test_a_run_killed_before_it_started_is_failed_too(instance):
+    run_id = str(uuid.uuid4())
+    instance.add_run(DagsterRun(job_name="daily_ingest", run_id=run_id, status=DagsterRunStatus.NOT_STARTED,
+                                tags={runguard.PID_TAG: str(_dead_pid())}))
+    queued = str(uuid.uuid4())  # a daemon's run, not launched yet, no factory/pid tag: left alone
+    instance.add_run(DagsterRun(job_name="daily_ingest", run_id=queued, status=DagsterRunStatus.NOT_STARTED))
+    assert [t["run_id"] for t in runguard.reap_dead_runs(instance, (POOL,))] == [run_id]
+    assert instance.get_run_by_id(run_id).status == DagsterRunStatus.FAILURE
+    assert instance.get_run_by_id(queued).status == DagsterRunStatus.NOT_STARTED
+
+
 def test_a_live_runs_slot_is_waited_for_then_given_up_with_its_holder(instance, caplog):
     run_id = _killed_run(instance, os.getpid())  # alive: this process
     caplog.set_level("WARNING", logger="factory")
