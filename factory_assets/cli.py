@@ -196,6 +196,8 @@ def _run_locked(args, source, path, home, dagster_home, start, end, simulator, c
     training_config = {**run_config, "ops": {"candidate_model": {"config": dict(candidate)}}} if candidate else run_config
     factory = FactoryResource(home=str(home), source=source, source_path=path or "",
                               simulator=SimulatorOptions(**(simulator or {})))
+    if not getattr(args, "verbose", False):  # a fresh instance's schema migrations print ~340 alembic INFO lines
+        logging.getLogger("alembic").setLevel(logging.WARNING)
     instance = runguard.open_instance(dagster_home)
     reaped = runguard.reap_dead_runs(instance, (pool,))
     days = [start + timedelta(days=i) for i in range((end - start).days + 1)]
@@ -570,8 +572,6 @@ def main(argv: list[str] | None = None) -> int:
         return dev(argv[1:])
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
-    if not getattr(args, "verbose", False):  # a fresh instance's schema migrations print ~340 INFO lines
-        logging.getLogger("alembic").setLevel(logging.WARNING)
     try:
         return _dispatch(args)
     except settings.SettingsError as exc:  # a bad FACTORY_* variable: one line, not a traceback

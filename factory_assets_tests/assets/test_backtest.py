@@ -18,6 +18,7 @@ from factory_assets_tests.helpers import FIRST_DAY, small_factory, train
 
 TRAIN_DAY = FIRST_DAY + timedelta(days=WINDOW_DAYS - 1)  # 2024-10-28, the first day with a full window
 D = date.fromisoformat
+BLEND = {"model_kind": "blend"}  # ~2 s a fit: what is tested here does not depend on the model
 
 
 def test_not_comparable_by_hand():
@@ -50,10 +51,10 @@ def test_an_older_day_is_a_backtest_never_promoted_and_not_compared_with_the_new
     factory = small_factory(home_copy)
     instance = DagsterInstance.ephemeral()
     newer, older = TRAIN_DAY + timedelta(days=8), TRAIN_DAY + timedelta(days=6)  # 11-05 and 11-03
-    assert train(factory, newer, instance).success
+    assert train(factory, newer, instance, BLEND).success
     aliases = home_copy / "simulator" / "aliases"
     champion = registry.read_alias(aliases)
-    result = train(factory, older, instance)
+    result = train(factory, older, instance, BLEND)
     assert result.success  # not a failure: the factory did its job
     [gate] = [e for e in result.get_asset_check_evaluations() if e.check_name == promotion.NOT_WORSE_THAN_CHAMPION]
     assert gate.passed and gate.description.startswith(
@@ -77,7 +78,7 @@ def test_an_older_day_is_a_backtest_never_promoted_and_not_compared_with_the_new
 def test_a_forward_candidate_is_compared_with_the_champion(home_copy):
     factory = small_factory(home_copy)
     instance = DagsterInstance.ephemeral()
-    assert train(factory, TRAIN_DAY, instance).success
-    result = train(factory, TRAIN_DAY + timedelta(days=7), instance)  # tests 10-29..11-04; champion trained ..10-21
+    assert train(factory, TRAIN_DAY, instance, BLEND).success
+    result = train(factory, TRAIN_DAY + timedelta(days=7), instance, BLEND)  # tests 10-29..11-04; champion trained ..10-21
     [gate] = [e for e in result.get_asset_check_evaluations() if e.check_name == promotion.NOT_WORSE_THAN_CHAMPION]
     assert gate.description.startswith("NDCG@10 difference vs champion v1") and "compared" not in gate.metadata
