@@ -1265,7 +1265,7 @@ def main(argv: list[str] | None = None) -> int:
           f"differences from the reference {totals['differences']}, wrong exit status/output {totals['wrong_exit_status']}")
     for f in totals["failures"]:
         print(f"  {f['try']}: {f['kind']}: {json.dumps(f['detail'], default=str)[:400]}")
-    if len(CODE_SEEN) > 1:
+    if len({v.split("+")[-1] for v in CODE_SEEN}) > 1:
         print(f"\nnote: factory_assets changed while the suite ran; processes per code version (git HEAD + sha256 of "
               f"factory_assets/**/*.py): {CODE_SEEN} (each try's runs carry their \"code\")")
     c.write_json(args.json, suite.document(partial=False))

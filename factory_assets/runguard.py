@@ -264,7 +264,9 @@ def _holder_text(instance, info) -> str:
         return f"run {run_id} ({what}, step {step_key})"
 
     held = [describe(s.run_id, s.step_key) for s in info.claimed_slots]
-    queued = [describe(p.run_id, p.step_key) for p in info.pending_steps]
+    claimed = {(s.run_id, s.step_key) for s in info.claimed_slots}
+    queued = [describe(p.run_id, p.step_key) for p in info.pending_steps
+              if p.assigned_timestamp is None and (p.run_id, p.step_key) not in claimed]
     text = ", ".join(held)
     if queued:
         text += ("; " if text else "") + "queued before it: " + ", ".join(queued)
