@@ -172,7 +172,7 @@ def _writable_home(home: Path) -> Path:
         return settings.dagster_home(home)
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
-        where = exc.filename or target
+        where = target if not exc.filename or Path(exc.filename).name.startswith(".write-probe-") else exc.filename
         which = ("the Dagster instance directory must be writable: fix or unset DAGSTER_HOME"
                  if target != home else "the factory home must be writable; use --home or FACTORY_HOME")
         raise SystemExit(f"factory: cannot write to {where}: {reason.lower()} ({which})") from None
@@ -424,8 +424,12 @@ def _failure(result) -> str:
     lines = []
     for event in result.get_step_failure_events():
         error = getattr(event.event_specific_data, "error", None)
+        retried = None
         while error is not None and error.cause is not None and error.cls_name in (
-                "DagsterExecutionStepExecutionError", "DagsterUserCodeExecutionError", "DagsterResourceFunctionError"):
+                "DagsterExecutionStepExecutionError", "DagsterUserCodeExecutionError", "DagsterResourceFunctionError",
+                "RetryRequestedFromPolicy"):
+            if error.cls_name == "RetryRequestedFromPolicy":  # "Exceeded max_retries of 4": say why it was retried
+                retried = error.message.strip().splitlines()[0].rsplit(": ", 1)[-1]
             error = error.cause
         message = (error.message if error is not None else event.message or "failed").strip().splitlines()
         first = message[0] if message else "failed"
@@ -434,7 +438,7 @@ def _failure(result) -> str:
             first = rest
         if error is not None and error.cls_name not in ("Failure", "DagsterAssetCheckFailedError"):
             first = f"{error.cls_name}: {first}"
-        lines.append(f"{event.step_key}: {first}")
+        lines.append(f"{event.step_key}: {first}" + (f" ({retried})" if retried else ""))
     return "; ".join(lines) or "the run failed (no step failure recorded; see the Dagster run log)"
 
 

@@ -267,10 +267,10 @@ def _holder_text(instance, info) -> str:
     claimed = {(s.run_id, s.step_key) for s in info.claimed_slots}
     queued = [describe(p.run_id, p.step_key) for p in info.pending_steps
               if p.assigned_timestamp is None and (p.run_id, p.step_key) not in claimed]
-    text = ", ".join(held)
+    text = ", ".join(held) or "no run yet"
     if queued:
-        text += ("; " if text else "") + "queued before it: " + ", ".join(queued)
-    return text or "nobody (the pool is free)"
+        text += "; queued before it: " + ", ".join(queued)
+    return text
 
 
 def wait_for_pool(instance, pool: str, timeout_s: float, stop: "StopSignals | None" = None, poll_s: float = 1.0) -> float:

@@ -19,7 +19,8 @@ import uuid
 from pathlib import Path
 
 import pytest
-from dagster import DagsterEventType, DagsterInstance, DagsterRun, DagsterRunStatus, Failure, RunsFilter, job, op
+from dagster import (DagsterEventType, DagsterInstance, DagsterRun, DagsterRunStatus, Failure, RetryPolicy, RunsFilter,
+                     job, op)
 
 from factory_assets import cli, runguard, settings
 from factory_assets_tests.helpers import REPO_ROOT
@@ -228,6 +229,22 @@ def test_the_real_exception_is_reported_not_dagsters_wrapper():
     assert cli._outcome(result) == "error"
     result = refused_job.execute_in_process(raise_on_error=False)
     assert cli._failure(result) == "refused: candidate v3 for 2024-11-05 is rejected, not promotable"
+
+
+@op(retry_policy=RetryPolicy(max_retries=1, delay=0))
+def flaky():
+    raise ConnectionError("the source timed out reading day 2024-10-03")
+
+
+@job
+def flaky_job():
+    flaky()
+
+
+def test_exhausted_retries_report_the_source_error_not_only_the_retry_count():
+    result = flaky_job.execute_in_process(raise_on_error=False)
+    assert cli._failure(result) == (
+        "flaky: ConnectionError: the source timed out reading day 2024-10-03 (Exceeded max_retries of 1)")
 
 
 def _summary(outcomes: list[str], served: bool = True, stopped: str | None = None) -> dict:
