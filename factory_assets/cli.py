@@ -142,15 +142,11 @@ def run(args: argparse.Namespace, simulator: dict | None = None, candidate: dict
     last = date.fromisoformat(DAILY.get_last_partition_key())
     _check_range(start, end, first, last, WINDOW_DAYS)
     try:
-        lock = runguard.home_lock(home)
-        lock.__enter__()
+        with runguard.home_lock(home):  # HomeInUse is raised on entry only
+            return _run_locked(args, source, path, home, dagster_home, start, end, simulator, candidate, started,
+                               slot_wait_s, WAREHOUSE_POOL, WINDOW_DAYS)
     except runguard.HomeInUse as exc:
         raise SystemExit(f"factory: {exc}") from None
-    try:
-        return _run_locked(args, source, path, home, dagster_home, start, end, simulator, candidate, started,
-                           slot_wait_s, WAREHOUSE_POOL, WINDOW_DAYS)
-    finally:
-        lock.__exit__(None, None, None)
 
 
 def _writable_home(home: Path) -> Path:
@@ -162,9 +158,7 @@ def _writable_home(home: Path) -> Path:
     target = home
     try:
         home.mkdir(parents=True, exist_ok=True)
-        dagster_home = Path(os.environ["DAGSTER_HOME"]).expanduser().resolve() if os.environ.get("DAGSTER_HOME") \
-            else home / "dagster"
-        for target in (home, dagster_home):
+        for target in (home, settings.dagster_home_path(home)):
             target.mkdir(parents=True, exist_ok=True)
             probe = target / f".write-probe-{os.getpid()}"
             probe.write_bytes(b"")
@@ -242,21 +236,23 @@ def _run_locked(args, source, path, home, dagster_home, start, end, simulator, c
         log.info("%s %s: %s (run %s)", job_name, day, text, run_id)
         return row["outcome"]
 
+    def summary_now(stopped: str | None, read_registry: bool = True) -> dict:
+        return _summary(source, factory, dagster_home, start, end, days, trained, runs, reaped, stopped, started,
+                        read_registry)
+
     def give_up(run_id: str, job_name: str, day: date):
         def on_timeout(message: str) -> None:  # the slot watchdog's thread: the main thread is stuck in Dagster
             runguard.abandon_run(instance, run_id, message)
             runs.append({"job": job_name, "partition": day.isoformat(), "run_id": run_id, "success": False,
                          "outcome": "error", "error": message})
-            _emit(_summary(args, source, factory, dagster_home, start, end, days, train_days, trained, runs, reaped,
-                           None, started, read_registry=False), args.json)
+            _emit(summary_now(None, read_registry=False), args.json)
             logging.shutdown()
             os._exit(1)
         return on_timeout
 
     def forced_summary(signum: int) -> None:  # the stop watcher's last word when a step would not stop
         context["stopped"] = signal.Signals(signum).name
-        _emit(_summary(args, source, factory, dagster_home, start, end, days, train_days, trained, runs, reaped,
-                       context["stopped"], started, read_registry=False), args.json)
+        _emit(summary_now(context["stopped"], read_registry=False), args.json)
 
     with runguard.StopSignals(on_forced_exit=forced_summary) as stop:
         try:
@@ -282,8 +278,7 @@ def _run_locked(args, source, path, home, dagster_home, start, end, simulator, c
             context["stopped"] = signal.Signals(exc.signum).name
         if context["stopped"]:
             log.warning("factory run stopped by %s; rerun the same command to continue", context["stopped"])
-    return _summary(args, source, factory, dagster_home, start, end, days, train_days, trained, runs, reaped,
-                    context["stopped"], started)
+    return summary_now(context["stopped"])
 
 
 def _outcome(result) -> str:
@@ -348,8 +343,8 @@ def _verdict(result, day: date, row: dict) -> dict | None:
     return out
 
 
-def _summary(args, source, factory, dagster_home, start, end, days, train_days, trained, runs, reaped, stopped,
-             started, read_registry: bool = True) -> dict:
+def _summary(source, factory, dagster_home, start, end, days, trained, runs, reaped, stopped, started,
+             read_registry: bool = True) -> dict:
     from factory_assets.features import store
     from factory_assets.registry import registry
 
@@ -402,7 +397,7 @@ def exit_code(summary: dict) -> int:
         from factory_assets.runguard import exit_status
 
         return exit_status(signal.Signals[summary["stopped"]])
-    ok = all(r.get("outcome", "ok" if r["success"] else "error") in ("ok", "gate") for r in summary["runs"])
+    ok = all(r["outcome"] in ("ok", "gate") for r in summary["runs"])
     return 0 if ok and summary["served_model"] else 1
 
 
@@ -450,7 +445,7 @@ def _print_human(summary: dict) -> None:
         print(f"  STOPPED by {summary['stopped']}: rerun the same command to continue", file=out)
     for row in summary.get("recovered") or []:
         print(f"  recovered: {row['job'] or 'run'} {row['partition'] or ''} (run {row['run_id']}): {row['action']}", file=out)
-    errors = [r for r in summary["runs"] if r.get("outcome", "ok" if r["success"] else "error") == "error"]
+    errors = [r for r in summary["runs"] if r["outcome"] == "error"]
     print(f"  runs: {len(summary['runs'])} ({len(errors)} errors)", file=out)
     for row in errors:
         print(f"    {row['job']} {row['partition']} failed: {row['error']}", file=out)

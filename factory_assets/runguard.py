@@ -74,6 +74,17 @@ def _open_lock(path: Path) -> int:
     return os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
 
 
+def _try_flock(fd: int) -> bool:
+    """Take an exclusive ``flock`` on ``fd`` without blocking; False when another process holds it."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except OSError as exc:
+        if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+            raise
+        return False
+
+
 @contextmanager
 def home_lock(home: Path) -> Iterator[None]:
     """Hold ``<home>/.factory-run.lock`` exclusively for the block (non-blocking).
@@ -85,11 +96,7 @@ def home_lock(home: Path) -> Iterator[None]:
     path = Path(home) / HOME_LOCK
     fd = _open_lock(path)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                raise
+        if not _try_flock(fd):
             try:
                 holder = json.loads(os.pread(fd, 4096, 0).decode() or "{}")
             except (ValueError, OSError):
@@ -110,16 +117,10 @@ def _blocking_lock(path: Path, timeout_s: float, what: str) -> Iterator[None]:
     fd = _open_lock(path)
     deadline = time.monotonic() + timeout_s
     try:
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except OSError as exc:
-                if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                    raise
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"{what}: {path} stayed locked for {timeout_s:.0f} s") from None
-                time.sleep(0.1)
+        while not _try_flock(fd):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{what}: {path} stayed locked for {timeout_s:.0f} s")
+            time.sleep(0.1)
         yield
     finally:
         os.close(fd)
@@ -466,8 +467,6 @@ class StopSignals:
             return
         with self._lock:
             run_id = self.run_id
-        if run_id is None and self._done.is_set():
-            return
         log.error("the current step did not stop within %.0f s of %s: exiting now (uncommitted writes roll back)",
                   self.grace_s, name)
         if instance is not None and run_id is not None:

@@ -227,6 +227,13 @@ class HomeLayout:
         return self
 
 
+def dagster_home_path(home: Path | None = None) -> Path:
+    """Where the Dagster instance lives: ``$DAGSTER_HOME`` when set, else ``<home>/dagster`` (absolute; nothing
+    is created)."""
+    path = Path(os.environ["DAGSTER_HOME"]) if os.environ.get("DAGSTER_HOME") else (home or factory_home()) / "dagster"
+    return path.expanduser().resolve()
+
+
 def dagster_home(home: Path | None = None) -> Path:
     """The Dagster instance directory, created and seeded with the project's ``dagster.yaml``.
 
@@ -236,8 +243,7 @@ def dagster_home(home: Path | None = None) -> Path:
     Raises:
         FileNotFoundError: if the project's ``dagster.yaml`` is missing (a broken checkout).
     """
-    path = Path(os.environ["DAGSTER_HOME"]) if os.environ.get("DAGSTER_HOME") else (home or factory_home()) / "dagster"
-    path = path.expanduser().resolve()
+    path = dagster_home_path(home)
     path.mkdir(parents=True, exist_ok=True)
     target = path / "dagster.yaml"
     if not target.exists():

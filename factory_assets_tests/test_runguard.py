@@ -282,6 +282,14 @@ def _start(home: Path, dagster: Path) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True)
 
 
+def _run_to_end(home: Path, dagster: Path) -> tuple[dict, str]:
+    """The same command again, to its end: exit status 0, and its JSON summary and standard error."""
+    proc = _start(home, dagster)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    return json.loads(out), err
+
+
 def _wait_for_ingested(home: Path, days: int, proc: subprocess.Popen, timeout: float = 120) -> None:
     """Until the process's log says ``days`` ingest runs were ok."""
     deadline = time.monotonic() + timeout
@@ -302,10 +310,7 @@ def test_sigkill_mid_run_then_the_same_command_completes_unaided(tmp_path):
     _wait_for_ingested(home, 4, proc)
     proc.kill()
     proc.wait()
-    rerun = _start(home, dagster)
-    out, err = rerun.communicate(timeout=300)
-    assert rerun.returncode == 0, err[-3000:]
-    summary = json.loads(out)
+    summary, _ = _run_to_end(home, dagster)
     assert summary["served_model"] is not None and summary["stopped"] is None
     first = [t["verdict"] for t in summary["trained"]]
     assert first in (["promoted", "promoted"], ["promoted", "shadow"])  # a shadow is a gate's verdict: exit 0 too
@@ -315,11 +320,8 @@ def test_sigkill_mid_run_then_the_same_command_completes_unaided(tmp_path):
         assert inst.event_log_storage.get_concurrency_info(POOL).claimed_slots == []
     # the same command once more (as `./dev run` twice in a row): exit 0, the older day is a backtest that is not
     # compared with the newer champion (it used to be rejected for the champion's leakage, exit 1)
-    again = _start(home, dagster)
-    out, err = again.communicate(timeout=300)
-    assert again.returncode == 0, err[-3000:]
+    second, err = _run_to_end(home, dagster)
     assert "- DEBUG -" not in err and "alembic" not in err  # Dagster's DEBUG events only with --verbose
-    second = json.loads(out)
     expected = [("2024-10-15", "backtest"), ("2024-10-16", "champion")] if first[1] == "promoted" else \
         [("2024-10-15", "champion"), ("2024-10-16", "shadow")]  # the champion's own day reproduces it
     assert [(t["partition"], t["verdict"]) for t in second["trained"]] == expected
@@ -348,7 +350,4 @@ def test_sigterm_stops_within_seconds_marks_the_run_canceled_and_the_rerun_compl
         if summary["runs"][-1]["outcome"] == "canceled":
             assert statuses[summary["runs"][-1]["run_id"]] == DagsterRunStatus.CANCELED
         assert inst.event_log_storage.get_concurrency_info(POOL).claimed_slots == []
-    rerun = _start(home, dagster)
-    out, err = rerun.communicate(timeout=300)
-    assert rerun.returncode == 0, err[-3000:]
-    assert json.loads(out)["served_model"] is not None
+    assert _run_to_end(home, dagster)[0]["served_model"] is not None
