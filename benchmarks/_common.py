@@ -149,9 +149,9 @@ def ingest_history_fast(home: Path, shop_options: dict, days: list[date]) -> dic
     and ``views.build_view_partition`` for the four daily views.  online_features is only a serving copy of
     the latest day and is not needed for history.  Returns timings.
     """
-    from factory_assets import warehouse
-    from factory_assets.features import store, views
-    from factory_assets.sources.schema import empty_quarantine
+    from factory_assets.data import warehouse
+    from factory_assets.feature_store import store, views
+    from factory_assets.data.sources.schema import empty_quarantine
 
     factory = make_factory(home, shop_options)
     source = factory.event_source
@@ -224,7 +224,7 @@ def plain_cycle(home: Path, shop_options: dict, day: date, candidate: dict, jobs
     import inspect
     import typing
 
-    from factory_assets.alerts import AlertWebhook
+    from factory_assets.platform.alerts import AlertWebhook
 
     factory = make_factory(home, shop_options)
     resources = {"factory": factory, "alert_webhook": AlertWebhook()}
@@ -279,7 +279,7 @@ def dagster_cycle(home: Path, shop_options: dict, day: date, candidate: dict, jo
     """
     from dagster import DagsterInstance
 
-    from factory_assets import settings
+    from factory_assets.platform import settings
 
     os.environ.pop("DAGSTER_HOME", None)
     settings.dagster_home(home)
@@ -321,8 +321,8 @@ def measure_cycle_subprocess(mode: str, home: Path, shop_options: dict, day: dat
     return run_json_subprocess([str(BENCH / "_cycle_worker.py"), payload], timeout=timeout)
 
 
-MODEL_CODE = ("factory_assets/recsys", "factory_assets/training.py", "factory_assets/assets/models.py",
-              "factory_assets/promotion.py", "factory_assets/registry")
+MODEL_CODE = ("factory_assets/ml/recsys", "factory_assets/ml/training.py", "factory_assets/ml/defs/candidate.py",
+              "factory_assets/ml/promotion.py", "factory_assets/ml/registry.py")
 
 
 def model_fingerprint(candidate: dict) -> str:

@@ -121,7 +121,8 @@ def child(ns: argparse.Namespace) -> int:
     warnings.filterwarnings("ignore", message=r".*is currently in (preview|beta).*")
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)
-    from factory_assets import cli, runguard, settings
+    from factory_assets import cli
+    from factory_assets.platform import runguard, settings
 
     if ns.fault_rate:  # FactoryResource.fault_rate / fault_seed through every run's run config
         from dagster import JobDefinition
@@ -306,7 +307,7 @@ def snapshot(home: Path) -> dict:
     """The warehouse's ledger (raw and feature views), raw row counts, the registry and the champion."""
     import duckdb
 
-    from factory_assets import warehouse
+    from factory_assets.data import warehouse
 
     out: dict = {"raw": {}, "features": {}, "registry": [], "champion": None, "error": None}
     path = home / "simulator" / "warehouse.duckdb"
@@ -825,7 +826,7 @@ class Suite:
     @staticmethod
     def predicted_failures(seed: int) -> dict[str, int]:
         """Injected failures per day that FlakySource's pattern gives for ``seed`` (5 = all 5 attempts fail)."""
-        from factory_assets.sources.faults import failure_draw
+        from factory_assets.data.sources.faults import failure_draw
 
         out = {}
         for d in days():  # FlakySource counts attempts per day: failures until the first good draw

@@ -5,7 +5,7 @@ insert of the same Arrow table.
 
 Per size, for ``--days`` consecutive days on a fresh warehouse (each day appended to the ones before):
 
-* ``asset``: the ``raw_events`` asset body (``factory_assets.assets.raw``, called without Dagster): simulator
+* ``asset``: the ``raw_events`` asset body (``factory_assets.data.defs.raw``, called without Dagster): simulator
   ``fetch_day``, ``validate_events`` (schema, ids, timestamps in the day, quantities, duplicates), quarantine
   concat, ``warehouse.write_raw_partition`` (sort by event_id, sha256 data version, one transaction: delete day,
   insert, quarantine, ledger) and the 4 raw checks re-reading the day.  Its components are timed separately
@@ -37,10 +37,10 @@ def measure(events: int, n_days: int) -> dict:
     import pandas as pd
     import pyarrow as pa
 
-    from factory_assets import warehouse
-    from factory_assets.assets.raw import raw_events
-    from factory_assets.checks import raw_checks
-    from factory_assets.sources.schema import EVENT_COLUMNS, validate_events
+    from factory_assets.data import warehouse
+    from factory_assets.data.defs.raw import raw_events
+    from factory_assets.data.defs import raw_checks
+    from factory_assets.data.sources.schema import EVENT_COLUMNS, validate_events
 
     shop = c.shop(events)
     rows = []

@@ -30,9 +30,9 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from factory_assets.recsys.evaluation import build_eval_set, evaluate, evaluate_baselines, model_scores  # noqa: E402
-from factory_assets.recsys.baselines import repeat_unfilled_scores  # noqa: E402
-from factory_assets.recsys.model import ModelParams  # noqa: E402
+from factory_assets.ml.recsys.evaluation import build_eval_set, evaluate, evaluate_baselines, model_scores  # noqa: E402
+from factory_assets.ml.recsys.baselines import repeat_unfilled_scores  # noqa: E402
+from factory_assets.ml.recsys.model import ModelParams  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"  # ../shared/data beside the repository
 OR_PATH = DATA / "online-retail" / "online_retail.parquet"
@@ -43,8 +43,8 @@ OVERRIDES: dict = {}
 
 
 def online_retail_daily(path: Path = OR_PATH) -> pd.DataFrame:
-    from factory_assets.features.store import EVENT_WEIGHTS
-    from factory_assets.sources.online_retail import OnlineRetailSource
+    from factory_assets.feature_store.store import EVENT_WEIGHTS
+    from factory_assets.data.sources.online_retail import OnlineRetailSource
 
     ev = OnlineRetailSource(path).load().fetch_all().events
     ev = ev.assign(day=ev["ts"].dt.tz_convert("UTC").dt.date,
@@ -55,9 +55,9 @@ def online_retail_daily(path: Path = OR_PATH) -> pd.DataFrame:
 
 
 def run_online_retail(models: list[str]) -> list[dict]:
-    from factory_assets.training import train_candidate
+    from factory_assets.ml.training import train_candidate
 
-    from factory_assets.settings import SOURCE_HISTORY_DAYS
+    from factory_assets.platform.settings import SOURCE_HISTORY_DAYS
 
     daily = online_retail_daily()
     out = []
@@ -102,9 +102,9 @@ def per_user_split(frame: pd.DataFrame, fraction: float = 0.2) -> tuple[pd.DataF
 
 
 def run_movielens(models: list[str]) -> list[dict]:
-    from factory_assets.recsys import ranker
-    from factory_assets.recsys.evaluation import tune_als_weight  # noqa: F401  (blend uses a fixed weight here)
-    from factory_assets.recsys.model import fit_model
+    from factory_assets.ml.recsys import ranker
+    from factory_assets.ml.recsys.evaluation import tune_als_weight  # noqa: F401  (blend uses a fixed weight here)
+    from factory_assets.ml.recsys.model import fit_model
 
     r = pd.read_csv(ML_PATH)
     ts = pd.to_datetime(r["timestamp"], unit="s", utc=True)

@@ -57,11 +57,11 @@ sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
 
-from factory_assets.recsys.artefact import atomic_write_bytes, save_model, write_manifest  # noqa: E402
-from factory_assets.recsys.candidates import SourceArrays, item_neighbours  # noqa: E402
-from factory_assets.recsys.model import BlendModel, ModelParams  # noqa: E402
-from factory_assets.recsys.ranker import FEATURES, LinearRanker, RankerPart  # noqa: E402
-from factory_assets.service.models import LoadedModel  # noqa: E402
+from factory_assets.ml.recsys.artefact import atomic_write_bytes, save_model, write_manifest  # noqa: E402
+from factory_assets.ml.recsys.candidates import SourceArrays, item_neighbours  # noqa: E402
+from factory_assets.ml.recsys.model import BlendModel, ModelParams  # noqa: E402
+from factory_assets.ml.recsys.ranker import FEATURES, LinearRanker, RankerPart  # noqa: E402
+from factory_assets.serving.scorer import LoadedModel  # noqa: E402
 
 TOKEN = "bench-token"
 SOURCE = "simulator"
@@ -367,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
                      "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()}}
     if args.home:
         home = Path(args.home).resolve()
-        from factory_assets.service.models import load_alias
+        from factory_assets.serving.scorer import load_alias
 
         served = load_alias(home / source / "aliases").model
         models = [served]

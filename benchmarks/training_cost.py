@@ -70,8 +70,8 @@ class _FitCounter:
 def confidence_matrix(frame, as_of: date, params):
     import numpy as np
 
-    from factory_assets.recsys.matrix import Interactions
-    from factory_assets.recsys.model import recency_decay
+    from factory_assets.ml.recsys.matrix import Interactions
+    from factory_assets.ml.recsys.model import recency_decay
 
     decay = recency_decay(frame["day"], as_of, params.half_life_days)
     conf = frame.assign(confidence=np.log1p(frame["weight"].to_numpy(dtype=np.float64) * decay))
@@ -107,10 +107,10 @@ def main(argv: list[str] | None = None) -> int:
     import implicit  # noqa: F401  (import outside the clocks)
     import sklearn.linear_model  # noqa: F401
 
-    from factory_assets.features import store
-    from factory_assets.recsys.model import ModelParams, fit_model
-    from factory_assets.settings import HOLDOUT_DAYS
-    from factory_assets.training import train_candidate
+    from factory_assets.feature_store import store
+    from factory_assets.ml.recsys.model import ModelParams, fit_model
+    from factory_assets.platform.settings import HOLDOUT_DAYS
+    from factory_assets.ml.training import train_candidate
 
     shop = c.shop(args.events)
     days = [c.FIRST_DAY + timedelta(days=i) for i in range(28)]

@@ -2,8 +2,8 @@
 
     factory run [--source S] [--path P] [--start D] [--end D] [--backtest] [--home H] [--json] [--verbose]
     factory dev [dagster dev options...]
-    factory serve [--host 127.0.0.1] [--port 8000]   (factory_assets.service: HTTP recommendations of the champion)
-    factory models list | show VERSION | diff A B | rollback [--to VERSION] --reason TEXT   (factory_assets.registry.cli)
+    factory serve [--host 127.0.0.1] [--port 8000]   (factory_assets.serving: HTTP recommendations of the champion)
+    factory models list | show VERSION | diff A B | rollback [--to VERSION] --reason TEXT   (factory_assets.ml.models_cli)
     factory demo [--json] [--strengths A,B,C] [--model-kind blend|ranker] [--home H]   (factory_assets.demo)
 
 ``factory run`` materialises every raw and feature partition of the range (one ``daily_ingest`` run per
@@ -12,7 +12,7 @@ range (``--backtest``: every day with a full window), one ``daily_training`` run
 default range is the 56 days ending yesterday (UTC), automation's own timeline.  The runs go to the Dagster
 instance under ``FACTORY_HOME`` (``$DAGSTER_HOME`` if set), so they are visible in the UI.  The chosen source
 travels as run config, so no run depends on this shell's environment.  Operator faults (a killed earlier run,
-SIGTERM, a second run on the same home, an unwritable home) are handled by :mod:`factory_assets.runguard`.
+SIGTERM, a second run on the same home, an unwritable home) are handled by :mod:`factory_assets.platform.runguard`.
 
 With ``--json`` standard output is exactly one JSON document (logs go to standard error)::
 
@@ -50,7 +50,7 @@ import warnings
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
-from factory_assets import settings
+from factory_assets.platform import settings
 
 SIMULATOR_DAYS = 56  # the default simulator run: the eight weeks ending yesterday (UTC) ...
 SIMULATOR_SHIFT_BEFORE_END = 19  # ... with the preference shift in week six (as 2024-11-11 in 2024-10-06..11-30)
@@ -98,7 +98,7 @@ def run(args: argparse.Namespace, simulator: dict | None = None, candidate: dict
     (``CandidateConfig`` fields, e.g. ``{"model_kind": "blend"}``) travel as run config too; ``factory demo``
     uses them.
 
-    Operator faults (:mod:`factory_assets.runguard`): one ``factory run`` per home (a second one is refused);
+    Operator faults (:mod:`factory_assets.platform.runguard`): one ``factory run`` per home (a second one is refused);
     the Dagster instance is created under a file lock; runs of killed processes are marked failed and their
     pool slots freed before anything starts; a slot held by another live run is waited for at most
     ``FACTORY_SLOT_WAIT_S`` seconds; SIGTERM/SIGINT stop at the next step boundary (``summary["stopped"]``).
@@ -107,7 +107,7 @@ def run(args: argparse.Namespace, simulator: dict | None = None, candidate: dict
         SystemExit: (a message) for a refused input, a home in use or an unwritable home.
         runguard.SlotWaitTimeout: the warehouse pool stayed taken by another run.
     """
-    from factory_assets import runguard
+    from factory_assets.platform import runguard
 
     started = time.perf_counter()
     source = args.source or settings.source_name()
@@ -136,7 +136,7 @@ def run(args: argparse.Namespace, simulator: dict | None = None, candidate: dict
     slot_wait_s = settings.slot_wait_seconds()
 
     dagster_home = _writable_home(home)
-    from factory_assets.assets.partitions import DAILY, WAREHOUSE_POOL, WINDOW_DAYS
+    from factory_assets.platform.partitions import DAILY, WAREHOUSE_POOL, WINDOW_DAYS
 
     first = date.fromisoformat(DAILY.get_first_partition_key())
     last = date.fromisoformat(DAILY.get_last_partition_key())
@@ -177,7 +177,7 @@ def _run_locked(args, source, path, home, dagster_home, start, end, simulator, c
     import socket
     import uuid
 
-    from factory_assets import runguard
+    from factory_assets.platform import runguard
     from factory_assets.definitions import INGEST_JOB, TRAINING_JOB, defs
     from factory_assets.resources import FactoryResource, SimulatorOptions
 
@@ -301,8 +301,8 @@ def _verdict(result, day: date, row: dict) -> dict | None:
     """
     from dagster import DagsterEventType
 
-    from factory_assets.assets.models import CANDIDATE_MODEL
-    from factory_assets.assets.serving import SERVED_MODEL
+    from factory_assets.ml.defs.candidate import CANDIDATE_MODEL
+    from factory_assets.ml.defs.served import SERVED_MODEL
 
     out = {"partition": day.isoformat(), "run_id": row["run_id"], "version": None, "status": None, "failed_gates": []}
     candidate, served = None, None
@@ -345,8 +345,8 @@ def _verdict(result, day: date, row: dict) -> dict | None:
 
 def _summary(source, factory, dagster_home, start, end, days, trained, runs, reaped, stopped, started,
              read_registry: bool = True) -> dict:
-    from factory_assets.features import store
-    from factory_assets.registry import registry
+    from factory_assets.feature_store import store
+    from factory_assets.ml import registry
 
     last_row = window = None
     n_versions = n_promotions = None
@@ -394,7 +394,7 @@ def exit_code(summary: dict) -> int:
     """0 when every run succeeded or stopped at a failed blocking gate (its decision recorded) and a model is
     served; 128 + signal when SIGTERM/SIGINT stopped the run; 1 otherwise (a step errored, nothing served)."""
     if summary.get("stopped"):
-        from factory_assets.runguard import exit_status
+        from factory_assets.platform.runguard import exit_status
 
         return exit_status(signal.Signals[summary["stopped"]])
     ok = all(r["outcome"] in ("ok", "gate") for r in summary["runs"])
@@ -494,7 +494,7 @@ def demo(args: argparse.Namespace) -> int:
     results = [experiment.run_strength(base, experiment.DemoConfig(strength=s, model_kind=args.model_kind)) for s in strengths]
     from dagster import DagsterInstance
 
-    from factory_assets.assets.demo import report
+    from factory_assets.demo_report import report
 
     settings.dagster_home(base)  # the main instance (``./dev ui``) shows the adaptation_demo asset
     instance = DagsterInstance.get()
@@ -517,7 +517,7 @@ def demo(args: argparse.Namespace) -> int:
 
 def dev(extra: list[str]) -> int:
     """Seed the instance under FACTORY_HOME and exec ``dagster dev`` on it."""
-    from factory_assets import runguard
+    from factory_assets.platform import runguard
 
     try:
         home = settings.factory_home()
@@ -552,10 +552,10 @@ def main(argv: list[str] | None = None) -> int:
     demo_p.add_argument("--json", action="store_true", help="print the JSON document on stdout; logs on stderr")
     dev_p = sub.add_parser("dev", help="dagster dev on the factory's instance (extra args are passed on)")
     dev_p.add_argument("extra", nargs=argparse.REMAINDER)
-    from factory_assets.registry import cli as models_cli
+    from factory_assets.ml import models_cli
 
     models_cli.add_parser(sub)
-    from factory_assets.service import cli as service_cli
+    from factory_assets.serving import serve_cli as service_cli
 
     service_cli.add_parser(sub)
     # Dagster marks APIs this code location relies on (map_asset_specs) as preview: worth knowing once, in the
@@ -597,7 +597,7 @@ def check_settings() -> None:
     settings.partition_start()
     settings.window_days()
     settings.history_days()
-    from factory_assets.executors import MissingExecutorPackage, executor_for
+    from factory_assets.platform.executors import MissingExecutorPackage, executor_for
 
     try:
         executor_for()  # celery / k8s: is the integration package installed?
@@ -608,8 +608,8 @@ def check_settings() -> None:
 
 
 def _dispatch(args) -> int:
-    from factory_assets.registry import cli as models_cli
-    from factory_assets.service import cli as service_cli
+    from factory_assets.ml import models_cli
+    from factory_assets.serving import serve_cli as service_cli
 
     if args.command in ("run", "demo", "dev"):
         if getattr(args, "source", None):  # --source overrides FACTORY_SOURCE (run() sets it the same way)
@@ -621,7 +621,7 @@ def _dispatch(args) -> int:
         return models_cli.main(args)
     if args.command == "serve":
         return service_cli.main(args)
-    from factory_assets import runguard
+    from factory_assets.platform import runguard
 
     try:
         if args.command == "demo":

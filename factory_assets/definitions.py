@@ -5,7 +5,7 @@ The feature store is the seam: ``DATAOPS_ASSETS`` (sources -> features) and ``ML
 own code location.
 
 Automation is applied here, centrally: ``Definitions.map_asset_specs(func=automation.automate)`` gives every
-asset its automation condition and freshness policy (see :mod:`factory_assets.automation`); the
+asset its automation condition and freshness policy (see :mod:`factory_assets.platform.automation`); the
 ``factory_automation`` sensor (RUNNING by default) evaluates them, so ``dagster dev`` refreshes the factory
 with no clicks and no schedule.  ``MONITORING_ASSETS`` (``behaviour_drift``) reads the feature store and feeds
 the candidate's retrain condition.  Runs use the in-process executor: every step shares the single-slot
@@ -18,20 +18,20 @@ from __future__ import annotations
 
 from dagster import AssetSelection, Definitions, define_asset_job
 
-from factory_assets import automation, executors
-from factory_assets.alerts import ALERT_SENSORS, AlertWebhook
+from factory_assets.platform import automation, executors
+from factory_assets.platform.alerts import ALERT_SENSORS, AlertWebhook
 
-from factory_assets.assets.demo import adaptation_demo
-from factory_assets.assets.features import item_daily, item_features, online_features, user_features, user_item_daily
-from factory_assets.assets.models import candidate_model, training_window
-from factory_assets.assets.monitoring import behaviour_drift
-from factory_assets.assets.raw import raw_events
-from factory_assets.assets.serving import served_model
-from factory_assets.assets.shadow import shadow_evaluation
-from factory_assets.checks.champion_checks import champion_verified
+from factory_assets.demo_report import adaptation_demo
+from factory_assets.data.defs.features import item_daily, item_features, online_features, user_features, user_item_daily
+from factory_assets.ml.defs.candidate import candidate_model, training_window
+from factory_assets.data.defs.monitoring import behaviour_drift
+from factory_assets.data.defs.raw import raw_events
+from factory_assets.ml.defs.served import served_model
+from factory_assets.ml.defs.shadow import shadow_evaluation
+from factory_assets.ml.defs.champion_checks import champion_verified
 from factory_assets.jobs import apply_retention, erase_user, rollback_champion
 from factory_assets.resources import FactoryResource
-from factory_assets.sensors import landed_files_sensor
+from factory_assets.data.defs.sensors import landed_files_sensor
 
 DATAOPS_ASSETS = [raw_events, user_item_daily, item_daily, user_features, item_features, online_features]
 MLOPS_ASSETS = [training_window, candidate_model, served_model, shadow_evaluation]

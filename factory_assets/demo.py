@@ -44,10 +44,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from factory_assets.recsys.artefact import atomic_write_bytes, load_manifest_model
-from factory_assets.recsys.metrics import ranking_metrics
-from factory_assets.recsys.model import BlendModel
-from factory_assets.sources.simulator import ShopSimulator
+from factory_assets.ml.recsys.artefact import atomic_write_bytes, load_manifest_model
+from factory_assets.ml.recsys.metrics import ranking_metrics
+from factory_assets.ml.recsys.model import BlendModel
+from factory_assets.data.sources.simulator import ShopSimulator
 
 START, END, SHIFT_DATE = date(2024, 10, 6), date(2024, 11, 30), date(2024, 11, 11)
 DEFAULT_STRENGTH = 1.5  # the simulator's default shift strength
@@ -126,7 +126,7 @@ def run_factory(home: Path, config: DemoConfig) -> dict:
 
 def served_models(con) -> list[Served]:
     """Every promoted version in promotion order, with the first day it served and its verified artefact."""
-    from factory_assets.registry import registry
+    from factory_assets.ml import registry
 
     events = registry.history(con)
     promoted = events[events["action"] == "promoted"]
@@ -179,7 +179,7 @@ def score(top: np.ndarray, truth: list[set[str]], catalogue: pd.Index) -> dict:
 
 
 def drift_rows(con) -> dict[date, dict]:
-    from factory_assets.assets.monitoring import DRIFT_HISTORY
+    from factory_assets.data.defs.monitoring import DRIFT_HISTORY
 
     frame = con.execute(f"SELECT partition_day, psi_items, psi_categories, js_distance_categories, drifted FROM {DRIFT_HISTORY}").df()
     return {
@@ -199,7 +199,7 @@ def evaluate_days(home: Path, config: DemoConfig) -> list[dict]:
     """One row per day from the first served day to ``config.end`` (see the module docstring)."""
     import duckdb
 
-    from factory_assets import settings
+    from factory_assets.platform import settings
 
     sim = config.shop()
     catalogue = pd.Index(sim.item_ids().astype(str))

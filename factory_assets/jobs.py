@@ -11,13 +11,13 @@ from datetime import date, datetime, timezone
 from dagster import AssetMaterialization, Config, OpExecutionContext, job, op
 from pydantic import Field
 
-from factory_assets import maintenance
-from factory_assets.assets.partitions import WAREHOUSE_POOL
-from factory_assets.features import store
-from factory_assets.recsys.artefact import read_manifest
-from factory_assets.registry import registry
+from factory_assets.data import maintenance
+from factory_assets.platform.partitions import WAREHOUSE_POOL
+from factory_assets.feature_store import store
+from factory_assets.ml.recsys.artefact import read_manifest
+from factory_assets.ml import registry
 from factory_assets.resources import FactoryResource
-from factory_assets.warehouse import RAW_EVENTS
+from factory_assets.data.warehouse import RAW_EVENTS
 
 RETENTION_JOB = "apply_retention"
 ERASURE_JOB = "erase_user"
@@ -97,7 +97,7 @@ class RollbackConfig(Config):
 def rollback_op(context: OpExecutionContext, config: RollbackConfig, factory: FactoryResource) -> dict:
     from dagster import Failure
 
-    from factory_assets.recsys.artefact import ArtefactIntegrityError
+    from factory_assets.ml.recsys.artefact import ArtefactIntegrityError
 
     layout = factory.layout.ensure()
     with factory.warehouse() as con:

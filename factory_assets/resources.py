@@ -18,17 +18,17 @@ from dagster import Config, ConfigurableResource
 from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
-from factory_assets import settings
-from factory_assets.features import store
-from factory_assets.registry import registry
-from factory_assets.settings import HomeLayout
-from factory_assets.sources import EventSource, make_source
-from factory_assets.sources.faults import FlakySource
-from factory_assets import maintenance, warehouse
+from factory_assets.platform import settings
+from factory_assets.feature_store import store
+from factory_assets.ml import registry
+from factory_assets.platform.settings import HomeLayout
+from factory_assets.data.sources import EventSource, make_source
+from factory_assets.data.sources.faults import FlakySource
+from factory_assets.data import maintenance, warehouse
 
 
 class SimulatorOptions(Config):
-    """Overrides of the simulator's defaults (see ``factory_assets.sources.simulator.SimulatorConfig``)."""
+    """Overrides of the simulator's defaults (see ``factory_assets.data.sources.simulator.SimulatorConfig``)."""
 
     seed: int = Field(default=7, description="world and per-day seed")
     n_users: int = Field(default=3000, description="number of simulated users")

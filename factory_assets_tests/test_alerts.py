@@ -24,7 +24,7 @@ from dagster import (
 )
 from dagster._core.definitions.freshness import FreshnessState, FreshnessStateChange
 
-from factory_assets.alerts import (
+from factory_assets.platform.alerts import (
     GATE_FRESHNESS_ALERT,
     RUN_FAILURE_ALERT,
     AlertDeliveryError,

@@ -28,8 +28,8 @@ from dagster._core.storage.dagster_run import DagsterRun
 from dagster._core.test_utils import freeze_time
 from dagster._core.utils import make_new_run_id
 
-from factory_assets import automation
-from factory_assets.assets.monitoring import BEHAVIOUR_DRIFT, DRIFT_CHECK
+from factory_assets.platform import automation
+from factory_assets.data.defs.monitoring import BEHAVIOUR_DRIFT, DRIFT_CHECK
 from factory_assets.definitions import defs
 
 GRAPH = defs.resolve_asset_graph()

@@ -66,7 +66,7 @@ def test_a_bad_setting_is_one_line_naming_it_not_a_traceback(monkeypatch, capsys
 
 
 def test_an_executor_whose_package_is_missing_is_one_line(monkeypatch, capsys):
-    from factory_assets import executors
+    from factory_assets.platform import executors
 
     monkeypatch.setitem(executors.OPTIONAL_EXECUTORS, "celery", ("no_such_module_xyz", "x", "celery", "dagster-celery"))
     monkeypatch.setenv("FACTORY_EXECUTOR", "celery")
@@ -126,7 +126,7 @@ def test_factory_run_json_prints_one_document_and_serves_a_model(tmp_path):
 def test_the_default_simulator_run_ends_yesterday_on_automations_timeline():
     from datetime import date
 
-    from factory_assets.assets.partitions import DAILY
+    from factory_assets.platform.partitions import DAILY
 
     assert cli.default_simulator_range(date(2026, 12, 7)) == (date(2026, 10, 12), date(2026, 12, 6), date(2026, 11, 17))
     start, end, shift = cli.default_simulator_range()

@@ -25,8 +25,8 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from factory_assets.automation import AUTOMATION_RUN_TAGS, AUTOMATION_SENSOR
-from factory_assets.settings import PROJECT_DAGSTER_YAML
+from factory_assets.platform.automation import AUTOMATION_RUN_TAGS, AUTOMATION_SENSOR
+from factory_assets.platform.settings import PROJECT_DAGSTER_YAML
 from factory_assets_tests.helpers import REPO_ROOT
 
 WINDOW_DAYS = 15

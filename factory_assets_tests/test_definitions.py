@@ -9,7 +9,7 @@ import sys
 import pytest
 from dagster import AssetKey, Definitions
 
-from factory_assets.assets.partitions import WAREHOUSE_POOL
+from factory_assets.platform.partitions import WAREHOUSE_POOL
 from factory_assets.definitions import DATAOPS_ASSETS, MLOPS_ASSETS, defs
 from factory_assets_tests.helpers import REPO_ROOT
 

@@ -12,9 +12,9 @@ import pytest
 from dagster import AssetKey, DagsterInstance
 
 from factory_assets import demo
-from factory_assets.assets.demo import ADAPTATION_DEMO, report
-from factory_assets.recsys.artefact import read_manifest
-from factory_assets.sources.simulator import ShopSimulator
+from factory_assets.demo_report import ADAPTATION_DEMO, report
+from factory_assets.ml.recsys.artefact import read_manifest
+from factory_assets.data.sources.simulator import ShopSimulator
 from factory_assets_tests.helpers import SMALL_SHOP
 
 
@@ -118,7 +118,7 @@ def test_a_small_demo_runs_the_factory_reweights_after_drift_and_scores_three_mo
     # the candidate trained after the shift day down-weights the days before it
     import duckdb
 
-    from factory_assets.registry import registry
+    from factory_assets.ml import registry
 
     con = duckdb.connect(str(demo.demo_home(tmp_path, 3.0) / "simulator" / "warehouse.duckdb"), read_only=True)
     try:

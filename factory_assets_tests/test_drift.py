@@ -11,12 +11,12 @@ import pytest
 from dagster import materialize
 from scipy.spatial.distance import jensenshannon
 
-from factory_assets import drift
-from factory_assets.assets.monitoring import BEHAVIOUR_DRIFT, DRIFT_CHECK, DRIFT_HISTORY, behaviour_drift, item_category_map
-from factory_assets.sources.simulator import ShopSimulator
-from factory_assets.features import store
-from factory_assets.sources.schema import validate_events
-from factory_assets.warehouse import write_raw_partition
+from factory_assets.data import drift
+from factory_assets.data.defs.monitoring import BEHAVIOUR_DRIFT, DRIFT_CHECK, DRIFT_HISTORY, behaviour_drift, item_category_map
+from factory_assets.data.sources.simulator import ShopSimulator
+from factory_assets.feature_store import store
+from factory_assets.data.sources.schema import validate_events
+from factory_assets.data.warehouse import write_raw_partition
 from factory_assets_tests.helpers import ALL_ASSETS, days, small_factory
 
 
@@ -160,7 +160,7 @@ def test_the_asset_refuses_a_day_without_features(tmp_path):
 def test_change_point_is_the_first_day_of_the_latest_drifted_run_in_the_window():
     from datetime import date, timedelta
 
-    from factory_assets.drift import change_point
+    from factory_assets.data.drift import change_point
 
     d = lambda n: date(2024, 11, 1) + timedelta(days=n)
     start, end = d(0), d(27)

@@ -11,8 +11,8 @@ import duckdb
 import pytest
 
 from factory_assets.jobs import apply_retention, erase_user
-from factory_assets.recsys.artefact import load_manifest_model, read_manifest
-from factory_assets.registry import registry
+from factory_assets.ml.recsys.artefact import load_manifest_model, read_manifest
+from factory_assets.ml import registry
 from factory_assets_tests.helpers import FIRST_DAY, small_factory, train
 from factory_assets_tests.assets.test_graph import TRAIN_DAY, _check, _con
 
@@ -85,7 +85,7 @@ def test_erased_user_leaves_every_table_and_the_next_served_model(home_copy):
     assert user not in load_manifest_model(pointer["path"], "eval", pointer["sha256"]).user_ids
     assert read_manifest(pointer["path"])["window"]["inputs"]  # names the post-erasure versions
     with _con(home_copy) as con:
-        from factory_assets.maintenance import stale_inputs
+        from factory_assets.data.maintenance import stale_inputs
 
         assert stale_inputs(con, read_manifest(pointer["path"])) == []
         assert stale_inputs(con, read_manifest(champion["path"]))  # the old champion was trained on erased data
@@ -96,9 +96,9 @@ CRASH_SCRIPT = textwrap.dedent(
     import os, sys, duckdb
     import pandas as pd
     from datetime import date
-    from factory_assets import warehouse
-    from factory_assets.sources.schema import empty_quarantine
-    from factory_assets.sources.simulator import ShopSimulator
+    from factory_assets.data import warehouse
+    from factory_assets.data.sources.schema import empty_quarantine
+    from factory_assets.data.sources.simulator import ShopSimulator
 
     path, day, seed = sys.argv[1], date.fromisoformat(sys.argv[2]), int(sys.argv[3])
     con = duckdb.connect(path)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from factory_assets import promotion
+from factory_assets.ml import promotion
 
 
 def test_bootstrap_of_two_users_spans_their_differences():

@@ -22,7 +22,8 @@ import pytest
 from dagster import (DagsterEventType, DagsterInstance, DagsterRun, DagsterRunStatus, Failure, RetryPolicy, RunsFilter,
                      job, op)
 
-from factory_assets import cli, runguard, settings
+from factory_assets import cli
+from factory_assets.platform import runguard, settings
 from factory_assets_tests.helpers import REPO_ROOT
 
 POOL = "warehouse"
@@ -159,7 +160,7 @@ def test_a_second_factory_run_on_a_home_in_use_is_refused(tmp_path, capsys):
 _CREATE = """
 import sys, time
 from pathlib import Path
-from factory_assets import runguard
+from factory_assets.platform import runguard
 while time.time() < float(sys.argv[2]):
     time.sleep(0.001)
 runguard.open_instance(Path(sys.argv[1])).dispose()

@@ -17,8 +17,8 @@ from dagster._config import validate_config
 from dagster._core.instance.config import dagster_instance_config_schema
 from dagster._core.instance.ref import InstanceRef
 
-from factory_assets import executors, settings
-from factory_assets.assets.partitions import WAREHOUSE_POOL
+from factory_assets.platform import executors, settings
+from factory_assets.platform.partitions import WAREHOUSE_POOL
 from factory_assets_tests.helpers import REPO_ROOT, SMALL_SHOP, run, small_factory
 
 DEPLOY = REPO_ROOT / "deploy"
@@ -219,7 +219,7 @@ def test_daily_ingest_on_the_multiprocess_executor_respects_the_warehouse_pool(t
 def test_als_gpu_switch_is_off_by_default_and_refuses_a_gpu_it_does_not_have(monkeypatch):
     import implicit.gpu
 
-    from factory_assets import settings
+    from factory_assets.platform import settings
 
     monkeypatch.delenv("FACTORY_ALS_GPU", raising=False)
     assert settings.als_gpu() is False

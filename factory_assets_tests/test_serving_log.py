@@ -10,9 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from factory_assets import serving_log as sl
-from factory_assets.recsys.model import BlendModel, ModelParams, fit_model
-from factory_assets.sources.simulator import ShopSimulator
+from factory_assets.ml import served_log as sl
+from factory_assets.ml.recsys.model import BlendModel, ModelParams, fit_model
+from factory_assets.data.sources.simulator import ShopSimulator
 from factory_assets_tests.helpers import SMALL_SHOP
 
 DAY = date(2024, 10, 29)

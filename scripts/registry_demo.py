@@ -17,7 +17,7 @@ import duckdb
 from dagster import materialize
 
 from factory_assets.definitions import DATAOPS_ASSETS, MLOPS_ASSETS
-from factory_assets.registry import registry
+from factory_assets.ml import registry
 from factory_assets.resources import FactoryResource, PromotionPolicy, SimulatorOptions
 
 SHOP = SimulatorOptions(n_users=400, n_items=120, events_per_day=3000, seed=11, shift_date="2024-11-11")

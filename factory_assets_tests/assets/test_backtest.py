@@ -11,9 +11,9 @@ from datetime import date, timedelta
 
 from dagster import DagsterInstance
 
-from factory_assets import promotion
-from factory_assets.assets.partitions import WINDOW_DAYS
-from factory_assets.registry import registry
+from factory_assets.ml import promotion
+from factory_assets.platform.partitions import WINDOW_DAYS
+from factory_assets.ml import registry
 from factory_assets_tests.helpers import FIRST_DAY, small_factory, train
 
 TRAIN_DAY = FIRST_DAY + timedelta(days=WINDOW_DAYS - 1)  # 2024-10-28, the first day with a full window

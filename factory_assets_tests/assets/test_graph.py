@@ -12,13 +12,13 @@ import duckdb
 import numpy as np
 from dagster import AssetKey, DagsterInstance
 
-import factory_assets.assets.models as model_assets
-from factory_assets.assets.partitions import DAILY, ROLLING_WINDOW, WINDOW_DAYS
-from factory_assets.registry import registry
+import factory_assets.ml.defs.candidate as model_assets
+from factory_assets.platform.partitions import DAILY, ROLLING_WINDOW, WINDOW_DAYS
+from factory_assets.ml import registry
 from factory_assets.resources import PromotionPolicy
-from factory_assets.sources.base import DayBatch
-from factory_assets.sources.schema import empty_events
-from factory_assets.sources.simulator import ShopSimulator
+from factory_assets.data.sources.base import DayBatch
+from factory_assets.data.sources.schema import empty_events
+from factory_assets.data.sources.simulator import ShopSimulator
 from factory_assets_tests.helpers import FIRST_DAY, INGEST, SMALL_SHOP, days, ingest, run, small_factory, train
 
 TRAIN_DAY = FIRST_DAY + timedelta(days=WINDOW_DAYS - 1)  # the first day with a full window
@@ -176,7 +176,7 @@ def test_worse_model_is_rejected_by_the_baseline_gate_and_champion_stays(home_co
     champion = registry.read_alias(aliases)
 
     def worse(result):  # random factors and no history: a model that knows nothing
-        from factory_assets.recsys.evaluation import evaluate, model_scores
+        from factory_assets.ml.recsys.evaluation import evaluate, model_scores
 
         rng = np.random.default_rng(0)
         broken = replace(
@@ -233,8 +233,8 @@ def test_a_candidate_not_clearly_as_good_as_the_champion_becomes_the_shadow(home
 
 
 def test_retraining_from_a_manifest_reproduces_the_artefacts_bit_for_bit(home_copy):
-    from factory_assets.recsys.artefact import read_manifest
-    from factory_assets.training import retrain_from_manifest
+    from factory_assets.ml.recsys.artefact import read_manifest
+    from factory_assets.ml.training import retrain_from_manifest
 
     assert train(small_factory(home_copy), TRAIN_DAY).success
     with _con(home_copy) as con:

@@ -10,12 +10,12 @@ import pandas as pd
 from dagster import DagsterEventType, build_sensor_context
 
 import factory_assets.resources as resources_module
-from factory_assets.features import store
-from factory_assets.maintenance import stale_inputs
+from factory_assets.feature_store import store
+from factory_assets.data.maintenance import stale_inputs
 from factory_assets.resources import FactoryResource
-from factory_assets.sensors import landed_files_sensor
-from factory_assets.sources.faults import BrokenSource
-from factory_assets.sources.simulator import ShopSimulator
+from factory_assets.data.defs.sensors import landed_files_sensor
+from factory_assets.data.sources.faults import BrokenSource
+from factory_assets.data.sources.simulator import ShopSimulator
 from factory_assets_tests.helpers import FIRST_DAY, INGEST, SMALL_SHOP, days, run, small_factory
 
 TRUTH = ShopSimulator(**{**SMALL_SHOP, "shift_date": date(2024, 11, 11)})

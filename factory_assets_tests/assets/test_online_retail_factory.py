@@ -7,8 +7,8 @@ from datetime import date, timedelta
 import duckdb
 import pytest
 
-from factory_assets.assets.partitions import WINDOW_DAYS
-from factory_assets.registry import registry
+from factory_assets.platform.partitions import WINDOW_DAYS
+from factory_assets.ml import registry
 from factory_assets.resources import FactoryResource
 from factory_assets_tests.helpers import days, ingest, require_shared, train
 

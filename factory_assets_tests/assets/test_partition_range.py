@@ -15,8 +15,8 @@ import pytest
 from dagster import AssetCheckResult, AssetCheckSeverity, DagsterEventType, materialize
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
-from factory_assets.assets.monitoring import BEHAVIOUR_DRIFT, behaviour_drift
-from factory_assets.assets.partitions import combine_check_results
+from factory_assets.data.defs.monitoring import BEHAVIOUR_DRIFT, behaviour_drift
+from factory_assets.platform.partitions import combine_check_results
 from factory_assets.definitions import DATAOPS_ASSETS, MLOPS_ASSETS, MONITORING_ASSETS
 from factory_assets_tests.helpers import FIRST_DAY, INGEST, days, small_factory
 

@@ -7,11 +7,11 @@ from datetime import timedelta
 import duckdb
 import pytest
 
-from factory_assets.features import retrieval, store
-from factory_assets.maintenance import stale_inputs
-from factory_assets.recsys.artefact import load_manifest_model, read_manifest
-from factory_assets.registry import registry
-from factory_assets.training import retrain_from_manifest
+from factory_assets.feature_store import retrieval, store
+from factory_assets.data.maintenance import stale_inputs
+from factory_assets.ml.recsys.artefact import load_manifest_model, read_manifest
+from factory_assets.ml import registry
+from factory_assets.ml.training import retrain_from_manifest
 from factory_assets_tests.helpers import FIRST_DAY, small_factory, train
 
 LAST_DAY = FIRST_DAY + timedelta(days=35)  # the ingested home holds FIRST_DAY .. FIRST_DAY + 35
@@ -71,8 +71,8 @@ def test_candidate_with_history_records_it_and_retrains_bit_for_bit(home_copy):
 
 @pytest.mark.timeout(240)
 def test_models_show_and_diff_include_the_purchase_history(home_copy):
-    from factory_assets.registry.cli import diff_versions, show_version
-    from factory_assets.settings import HomeLayout
+    from factory_assets.ml.models_cli import diff_versions, show_version
+    from factory_assets.platform.settings import HomeLayout
 
     fixed = {"search_budget": 1, "ranker_c": 1.0}
     assert train(small_factory(home_copy), LAST_DAY - timedelta(days=1), candidate={**fixed, "history_days": 0}).success

@@ -12,11 +12,12 @@ import pandas as pd
 import scipy.sparse as sp
 from dagster import materialize
 
-from factory_assets import serving_log, warehouse
-from factory_assets.assets.shadow import SHADOW_EVALUATION, SHADOW_SCORES, score_rows, shadow_evaluation
-from factory_assets.recsys.artefact import load_manifest_model, save_model, write_manifest
-from factory_assets.recsys.model import BlendModel
-from factory_assets.registry import registry
+from factory_assets.ml import served_log as serving_log
+from factory_assets.data import warehouse
+from factory_assets.ml.defs.shadow import SHADOW_EVALUATION, SHADOW_SCORES, score_rows, shadow_evaluation
+from factory_assets.ml.recsys.artefact import load_manifest_model, save_model, write_manifest
+from factory_assets.ml.recsys.model import BlendModel
+from factory_assets.ml import registry
 from factory_assets.resources import FactoryResource
 from factory_assets_tests.helpers import FIRST_DAY, days, ingest, small_factory, train
 

@@ -1,4 +1,4 @@
-"""Tests of factory_assets.features.retrieval: point-in-time training frames, TTL, online view, versions."""
+"""Tests of factory_assets.feature_store.retrieval: point-in-time training frames, TTL, online view, versions."""
 
 from __future__ import annotations
 
@@ -9,17 +9,17 @@ import duckdb
 import pandas as pd
 import pytest
 
-from factory_assets import warehouse
-from factory_assets.features import retrieval, store
-from factory_assets.features.retrieval import (
+from factory_assets.data import warehouse
+from factory_assets.feature_store import retrieval, store
+from factory_assets.feature_store.retrieval import (
     feature_view_version,
     get_online_features,
     get_training_frame,
     materialize_online,
 )
-from factory_assets.features.store import ITEM_DAILY, ITEM_FEATURES, USER_FEATURES, USER_ITEM_DAILY
-from factory_assets.features.views import FEATURE_VIEWS, build_view_partition
-from factory_assets.sources.schema import EVENT_COLUMNS, empty_events, empty_quarantine
+from factory_assets.feature_store.store import ITEM_DAILY, ITEM_FEATURES, USER_FEATURES, USER_ITEM_DAILY
+from factory_assets.feature_store.views import FEATURE_VIEWS, build_view_partition
+from factory_assets.data.sources.schema import EVENT_COLUMNS, empty_events, empty_quarantine
 
 DAY1, DAY2, DAY3, DAY4 = date(2024, 10, 1), date(2024, 10, 2), date(2024, 10, 3), date(2024, 10, 4)
 

@@ -1,4 +1,4 @@
-"""Tests of factory_assets.features.store and factory_assets.warehouse on a temporary DuckDB file."""
+"""Tests of factory_assets.feature_store.store and factory_assets.data.warehouse on a temporary DuckDB file."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from factory_assets import warehouse
-from factory_assets.features import store
-from factory_assets.features.store import EVENT_WEIGHTS, ITEM_DAILY, USER_ITEM_DAILY
-from factory_assets.sources.schema import EVENT_COLUMNS, empty_events, empty_quarantine, quarantine_rows
+from factory_assets.data import warehouse
+from factory_assets.feature_store import store
+from factory_assets.feature_store.store import EVENT_WEIGHTS, ITEM_DAILY, USER_ITEM_DAILY
+from factory_assets.data.sources.schema import EVENT_COLUMNS, empty_events, empty_quarantine, quarantine_rows
 
 DAY1, DAY2, DAY3 = date(2024, 10, 1), date(2024, 10, 2), date(2024, 10, 3)
 W = EVENT_WEIGHTS

@@ -1,4 +1,4 @@
-"""Tests of factory_assets.features.views: the registry and the derived daily views, by hand."""
+"""Tests of factory_assets.feature_store.views: the registry and the derived daily views, by hand."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ import duckdb
 import pandas as pd
 import pytest
 
-from factory_assets import warehouse
-from factory_assets.features import store, views
-from factory_assets.features.store import ITEM_DAILY, ITEM_FEATURES, USER_FEATURES, USER_ITEM_DAILY
-from factory_assets.features.views import FEATURE_VIEWS, FeatureView, build_view_partition
-from factory_assets.sources.schema import EVENT_COLUMNS, empty_events, empty_quarantine
+from factory_assets.data import warehouse
+from factory_assets.feature_store import store, views
+from factory_assets.feature_store.store import ITEM_DAILY, ITEM_FEATURES, USER_FEATURES, USER_ITEM_DAILY
+from factory_assets.feature_store.views import FEATURE_VIEWS, FeatureView, build_view_partition
+from factory_assets.data.sources.schema import EVENT_COLUMNS, empty_events, empty_quarantine
 
 D = date(2024, 10, 1)
 

@@ -1,4 +1,4 @@
-"""Tests of factory_assets.recsys.artefact: reproducible bytes, sha256 identity, no pickle, tamper detection."""
+"""Tests of factory_assets.ml.recsys.artefact: reproducible bytes, sha256 identity, no pickle, tamper detection."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from factory_assets.recsys import artefact
-from factory_assets.recsys.artefact import ArtefactIntegrityError
-from factory_assets.recsys.model import BlendModel, ModelParams, fit_model
+from factory_assets.ml.recsys import artefact
+from factory_assets.ml.recsys.artefact import ArtefactIntegrityError
+from factory_assets.ml.recsys.model import BlendModel, ModelParams, fit_model
 
 AS_OF = date(2024, 10, 7)
 

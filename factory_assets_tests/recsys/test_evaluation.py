@@ -1,4 +1,4 @@
-"""Tests of factory_assets.recsys.evaluation, baselines and the BlendModel scoring formula."""
+"""Tests of factory_assets.ml.recsys.evaluation, baselines and the BlendModel scoring formula."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from factory_assets.recsys import baselines
-from factory_assets.recsys.evaluation import EvalSet, build_eval_set, model_scores, temporal_split
-from factory_assets.recsys.metrics import top_k
-from factory_assets.recsys.model import BlendModel, ModelParams, fit_model
+from factory_assets.ml.recsys import baselines
+from factory_assets.ml.recsys.evaluation import EvalSet, build_eval_set, model_scores, temporal_split
+from factory_assets.ml.recsys.metrics import top_k
+from factory_assets.ml.recsys.model import BlendModel, ModelParams, fit_model
 
 D1 = date(2024, 10, 1)
 

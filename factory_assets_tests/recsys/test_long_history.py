@@ -8,10 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from factory_assets.recsys import artefact, baselines, ranker
-from factory_assets.recsys.candidates import LONG_RECENCY_HALF_LIFE_DAYS, fit_sources, history_as_of, long_history
-from factory_assets.recsys.evaluation import evaluate
-from factory_assets.training import train_candidate
+from factory_assets.ml.recsys import artefact, baselines, ranker
+from factory_assets.ml.recsys.candidates import LONG_RECENCY_HALF_LIFE_DAYS, fit_sources, history_as_of, long_history
+from factory_assets.ml.recsys.evaluation import evaluate
+from factory_assets.ml.training import train_candidate
 from factory_assets_tests.recsys.test_ranker import SMALL, day, frame, synthetic
 
 USERS, ITEMS = np.array(["u1", "u2"]), np.array(["a", "b", "c"])

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from factory_assets.recsys.matrix import _SHARED_SAMPLE, Interactions, _csr, _csr_pair, _positions, factorize
+from factory_assets.ml.recsys.matrix import _SHARED_SAMPLE, Interactions, _csr, _csr_pair, _positions, factorize
 
 N = 5 * _SHARED_SAMPLE  # long enough for the by-object path
 

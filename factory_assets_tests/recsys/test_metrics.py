@@ -1,4 +1,4 @@
-"""Tests of factory_assets.recsys.metrics: hand-worked cases and implicit's evaluator as a second method."""
+"""Tests of factory_assets.ml.recsys.metrics: hand-worked cases and implicit's evaluator as a second method."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from factory_assets.recsys.metrics import METRIC_NAMES, ranking_metrics, top_k
+from factory_assets.ml.recsys.metrics import METRIC_NAMES, ranking_metrics, top_k
 
 
 def log2(x: float) -> float:

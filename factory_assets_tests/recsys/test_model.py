@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from factory_assets.recsys.model import ModelParams, fit_model, recency_decay, regime_weights
+from factory_assets.ml.recsys.model import ModelParams, fit_model, recency_decay, regime_weights
 
 
 def _frame() -> pd.DataFrame:
@@ -72,7 +72,7 @@ def _day_columns() -> dict[str, pd.Series]:
 
 @pytest.mark.parametrize("kind", list(_day_columns()))
 def test_decay_regime_weights_and_split_per_distinct_day_equal_the_per_row_formulas(kind):
-    from factory_assets.recsys.evaluation import temporal_split
+    from factory_assets.ml.recsys.evaluation import temporal_split
 
     days, as_of = _day_columns()[kind], date(2024, 11, 9)
     # second method: the formulas on every row (the code before the per-distinct-day computation)
@@ -91,7 +91,7 @@ def test_decay_regime_weights_and_split_per_distinct_day_equal_the_per_row_formu
 
 def test_fit_is_the_same_bytes_whatever_objects_or_dtype_hold_the_ids():
     """read_window's shared objects, fresh str objects per row and categorical ids: one artefact."""
-    from factory_assets.recsys.artefact import model_arrays, npz_bytes
+    from factory_assets.ml.recsys.artefact import model_arrays, npz_bytes
 
     rng = np.random.default_rng(4)
     n = 80_000  # long enough for the by-object factorisation
@@ -104,7 +104,7 @@ def test_fit_is_the_same_bytes_whatever_objects_or_dtype_hold_the_ids():
     base = pd.DataFrame({"day": distinct_days[d], "user_id": shared_u[u], "item_id": shared_i[i],
                          "weight": rng.gamma(1.0, 2.0, n), "n_conversions": rng.poisson(0.2, n)})
     base = base.drop_duplicates(["day", "user_id", "item_id"]).reset_index(drop=True)
-    from factory_assets.recsys.matrix import _SHARED_SAMPLE
+    from factory_assets.ml.recsys.matrix import _SHARED_SAMPLE
 
     assert len(base) > 4 * _SHARED_SAMPLE  # the by-object path of recsys.matrix.factorize
     fresh = base.assign(day=[date.fromordinal(x.toordinal()) for x in base["day"]],

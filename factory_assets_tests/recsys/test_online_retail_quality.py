@@ -9,9 +9,9 @@ from datetime import date, timedelta
 
 import pytest
 
-from factory_assets.recsys.model import ModelParams
-from factory_assets.settings import SOURCE_HISTORY_DAYS
-from factory_assets.training import train_candidate
+from factory_assets.ml.recsys.model import ModelParams
+from factory_assets.platform.settings import SOURCE_HISTORY_DAYS
+from factory_assets.ml.training import train_candidate
 from factory_assets_tests.helpers import REPO_ROOT, require_shared
 
 

@@ -10,11 +10,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from factory_assets.recsys import artefact, ranker
-from factory_assets.recsys.candidates import candidate_mask, fit_sources, item_neighbours, rank_of
-from factory_assets.recsys.evaluation import build_eval_set, evaluate, model_scores
-from factory_assets.recsys.model import ModelParams
-from factory_assets.training import ranker_slices, train_candidate
+from factory_assets.ml.recsys import artefact, ranker
+from factory_assets.ml.recsys.candidates import candidate_mask, fit_sources, item_neighbours, rank_of
+from factory_assets.ml.recsys.evaluation import build_eval_set, evaluate, model_scores
+from factory_assets.ml.recsys.model import ModelParams
+from factory_assets.ml.training import ranker_slices, train_candidate
 
 D0 = date(2024, 10, 1)
 SMALL = ModelParams(factors=3, iterations=2, search_budget=1, ranker_c=1.0, n_candidates=5, model_kind="ranker")

@@ -1,4 +1,4 @@
-"""Tests of factory_assets.recsys.report: Gini, repeat vs new shares, activity segments, the PNG plot.
+"""Tests of factory_assets.ml.recsys.report: Gini, repeat vs new shares, activity segments, the PNG plot.
 
 The hand case (k = 2): catalogue a b c d (positions 0..3), three evaluated users
 
@@ -20,8 +20,8 @@ import pandas as pd
 import pytest
 from matplotlib.image import imread
 
-from factory_assets.recsys import report
-from factory_assets.recsys.evaluation import EvalSet
+from factory_assets.ml.recsys import report
+from factory_assets.ml.recsys.evaluation import EvalSet
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 C = 1.0 / math.log2(3)  # the NDCG discount of rank 2
@@ -144,10 +144,10 @@ def test_ndcg_plot_is_a_png_of_the_requested_size():
 
 # --------------------------------------------------------------------------- the candidate's evaluation summary
 def test_candidate_evaluation_carries_the_report_without_changing_its_schema():
-    from factory_assets.recsys.metrics import top_k
-    from factory_assets.recsys.evaluation import model_scores
-    from factory_assets.recsys.model import ModelParams
-    from factory_assets.training import train_candidate
+    from factory_assets.ml.recsys.metrics import top_k
+    from factory_assets.ml.recsys.evaluation import model_scores
+    from factory_assets.ml.recsys.model import ModelParams
+    from factory_assets.ml.training import train_candidate
     from factory_assets_tests.recsys.test_ranker import day, synthetic
 
     window = synthetic()
@@ -175,7 +175,7 @@ def test_candidate_evaluation_carries_the_report_without_changing_its_schema():
 def test_report_markdown_embeds_the_plot_and_tabulates_the_segments():
     import base64
 
-    from factory_assets.reports import evaluation_report_markdown
+    from factory_assets.ml.reports import evaluation_report_markdown
 
     quality = {"gini_at_10": 0.5, "repeat_share_at_10": 0.25, "new_share_at_10": 0.75, "repeat_hit_share_at_10": None}
     metrics = {"ndcg_at_10": 1.0, "precision_at_10": 0.5, "recall_at_10": 1.0, "map_at_10": 0.25}

@@ -19,7 +19,7 @@ import duckdb
 import pytest
 
 from factory_assets import cli
-from factory_assets.registry import registry
+from factory_assets.ml import registry
 from factory_assets.resources import PromotionPolicy
 from factory_assets_tests.helpers import FIRST_DAY, days, small_factory, train
 

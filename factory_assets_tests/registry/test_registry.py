@@ -1,4 +1,4 @@
-"""Tests of factory_assets.registry.registry on a temporary DuckDB file."""
+"""Tests of factory_assets.ml.registry on a temporary DuckDB file."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from factory_assets.registry import registry
+from factory_assets.ml import registry
 
 DAY = date(2024, 11, 5)
 

@@ -2,7 +2,7 @@
 
 The operator's defect: after a rollback, re-running the rolled-back day reproduced the identical manifest and
 ``register`` turned the retired version back into ``candidate`` (and ``served_model`` then promoted it again,
-undoing the rollback).  See the transition table in :func:`factory_assets.registry.registry.register`.
+undoing the rollback).  See the transition table in :func:`factory_assets.ml.registry.register`.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from factory_assets.recsys import artefact
-from factory_assets.registry import registry
+from factory_assets.ml.recsys import artefact
+from factory_assets.ml import registry
 from factory_assets_tests.helpers import small_factory, train
 from factory_assets_tests.registry.test_models_cli import (  # noqa: F401  (registry_home is a fixture)
     ALWAYS_PROMOTE,

@@ -10,8 +10,8 @@ import duckdb
 import pytest
 from dagster import AssetSelection, materialize
 
-from factory_assets.assets.serving import served_model
-from factory_assets.checks.champion_checks import (
+from factory_assets.ml.defs.served import served_model
+from factory_assets.ml.defs.champion_checks import (
     AUTO_ROLLBACK_ACTOR,
     CHAMPION_VERIFIED,
     auto_rollback,
@@ -19,7 +19,7 @@ from factory_assets.checks.champion_checks import (
     verify_champion,
 )
 from factory_assets.jobs import ROLLBACK_JOB, rollback_champion
-from factory_assets.registry import registry
+from factory_assets.ml import registry
 from factory_assets_tests.helpers import small_factory
 from factory_assets_tests.registry.test_models_cli import (  # noqa: F401  (registry_home is a fixture)
     aliases,

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from factory_assets.recsys.artefact import atomic_write_bytes, save_model, write_manifest
-from factory_assets.recsys.model import BlendModel, ModelParams
+from factory_assets.ml.recsys.artefact import atomic_write_bytes, save_model, write_manifest
+from factory_assets.ml.recsys.model import BlendModel, ModelParams
 
 SOURCE = "simulator"
 TOKEN = "s3cret-token"
@@ -44,8 +44,8 @@ def hand_ranker_model(seed: int = 0, n_users: int = 6, n_items: int = 8, n_candi
     ``n_candidates = 2`` a user has only a few candidates, so lists longer than that continue with the
     non-candidates (score ``log1p(popularity) - 1e6``, popularity order: ``i0`` first).
     """
-    from factory_assets.recsys.candidates import SourceArrays
-    from factory_assets.recsys.ranker import FEATURES, LinearRanker, RankerPart
+    from factory_assets.ml.recsys.candidates import SourceArrays
+    from factory_assets.ml.recsys.ranker import FEATURES, LinearRanker, RankerPart
 
     base = hand_model(seed=seed, n_users=n_users, n_items=n_items)
     seen = np.zeros((n_users, n_items), dtype=np.float32)
@@ -92,7 +92,7 @@ def make_client(home):
         warnings.simplefilter("ignore")
         from fastapi.testclient import TestClient
 
-    from factory_assets.service.app import ServiceConfig, create_app
+    from factory_assets.serving.app import ServiceConfig, create_app
 
     clients = []
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from factory_assets.recsys.metrics import top_k
-from factory_assets.service.app import MAX_BATCH, MAX_BODY_BYTES, MAX_K
-from factory_assets.service.models import ItemFilter, LoadedModel
+from factory_assets.ml.recsys.metrics import top_k
+from factory_assets.serving.app import MAX_BATCH, MAX_BODY_BYTES, MAX_K
+from factory_assets.serving.scorer import ItemFilter, LoadedModel
 from factory_assets_tests.service.conftest import TOKEN, hand_model, publish
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -238,7 +238,7 @@ def test_fast_path_answers_byte_for_byte_as_the_fastapi_route(home, make_client,
 
 
 def test_fast_path_takes_only_plainly_valid_requests():
-    from factory_assets.service.app import _FastRecommend
+    from factory_assets.serving.app import _FastRecommend
 
     def parse(path: str, query: bytes = b"", method: str = "GET"):
         return _FastRecommend.parse({"method": method, "path": path, "query_string": query, "root_path": ""})

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from factory_assets.recsys.artefact import load_manifest_model
-from factory_assets.registry import registry
-from factory_assets.service.models import load_alias
+from factory_assets.ml.recsys.artefact import load_manifest_model
+from factory_assets.ml import registry
+from factory_assets.serving.scorer import load_alias
 from factory_assets_tests.assets.test_graph import TRAIN_DAY
 from factory_assets_tests.helpers import small_factory, train
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from factory_assets.recsys.metrics import top_k
-from factory_assets.service.models import ItemFilter, LoadedModel, ModelLoadError, RankedLists, load_alias
+from factory_assets.ml.recsys.metrics import top_k
+from factory_assets.serving.scorer import ItemFilter, LoadedModel, ModelLoadError, RankedLists, load_alias
 from factory_assets_tests.service.conftest import SOURCE, TOKEN, hand_ranker_model, publish
 from factory_assets_tests.service.test_reload_and_logs import tamper
 

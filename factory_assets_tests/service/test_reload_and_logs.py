@@ -12,10 +12,10 @@ import duckdb
 import pandas as pd
 import pytest
 
-from factory_assets import serving_log
-from factory_assets.recsys.artefact import read_manifest
-from factory_assets.registry import registry
-from factory_assets.sources.folder import FolderSource, clear_cache, landed_files
+from factory_assets.ml import served_log as serving_log
+from factory_assets.ml.recsys.artefact import read_manifest
+from factory_assets.ml import registry
+from factory_assets.data.sources.folder import FolderSource, clear_cache, landed_files
 from factory_assets_tests.service.conftest import SOURCE, TOKEN, hand_model, publish
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -24,7 +24,7 @@ FIXED = datetime(2024, 11, 5, 12, 30, tzinfo=timezone.utc)
 
 
 def expected_ids(model, user: str, k: int) -> list[str]:
-    from factory_assets.service.models import LoadedModel
+    from factory_assets.serving.scorer import LoadedModel
 
     return LoadedModel(model, 1, "", "").recommend([user], k)[0].item_ids
 
@@ -204,7 +204,7 @@ def test_impressions_are_ingested_by_raw_events(home, make_client, tmp_path):
 
 
 def test_admin_rollback_moves_the_alias_and_reloads(home, make_client):
-    from factory_assets.settings import HomeLayout
+    from factory_assets.platform.settings import HomeLayout
 
     layout = HomeLayout(home, SOURCE).ensure()
     pointers = [publish(home, hand_model(seed=s), s) for s in (1, 2)]
@@ -286,8 +286,8 @@ def test_champion_alias_missing_at_start_is_reported(home, make_client, caplog):
 @pytest.fixture
 def load_calls(monkeypatch):
     """Count :func:`load_alias` calls made by the service and :meth:`RankedLists.build` calls (precomputes)."""
-    from factory_assets.service import app as app_module
-    from factory_assets.service.models import RankedLists
+    from factory_assets.serving import app as app_module
+    from factory_assets.serving.scorer import RankedLists
 
     calls = {"load_alias": 0, "precompute": 0}
     load_alias, build = app_module.load_alias, RankedLists.build.__func__

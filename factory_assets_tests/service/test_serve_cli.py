@@ -14,7 +14,7 @@ from factory_assets_tests.service.conftest import SOURCE, TOKEN, hand_model, pub
 
 
 def test_factory_serve_delegates_to_the_service(monkeypatch, home, tmp_path):
-    from factory_assets.service import app
+    from factory_assets.serving import app
 
     calls = []
     monkeypatch.setattr(app, "serve", lambda host, port, config, log_level: calls.append((host, port, config)) or 0)
@@ -36,7 +36,7 @@ def test_factory_serve_refuses_a_bad_source_in_one_line(monkeypatch, capsys):
 
 
 def test_config_from_env_uses_the_folder_source_path_as_landing(monkeypatch, tmp_path):
-    from factory_assets.service.app import ServiceConfig
+    from factory_assets.serving.app import ServiceConfig
 
     monkeypatch.setenv("FACTORY_HOME", str(tmp_path))
     monkeypatch.setenv("FACTORY_SOURCE", "folder")
@@ -56,7 +56,7 @@ def free_port() -> int:
 def test_real_http_on_loopback(home):
     import uvicorn
 
-    from factory_assets.service.app import ServiceConfig, create_app
+    from factory_assets.serving.app import ServiceConfig, create_app
 
     publish(home, hand_model(), 1)
     port = free_port()

@@ -24,12 +24,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from factory_assets import warehouse
-from factory_assets.sources import folder
-from factory_assets.sources.base import DayBatch, EventSource, FileIngest, PermanentSourceError, TransientSourceError
-from factory_assets.sources.faults import BrokenSource, FlakySource
-from factory_assets.sources.folder import FolderSource, landed_files, partitions_touched
-from factory_assets.sources.schema import EVENT_COLUMNS, MAX_CSV_FIELD, QUARANTINE_COLUMNS, REASONS
+from factory_assets.data import warehouse
+from factory_assets.data.sources import folder
+from factory_assets.data.sources.base import DayBatch, EventSource, FileIngest, PermanentSourceError, TransientSourceError
+from factory_assets.data.sources.faults import BrokenSource, FlakySource
+from factory_assets.data.sources.folder import FolderSource, landed_files, partitions_touched
+from factory_assets.data.sources.schema import EVENT_COLUMNS, MAX_CSV_FIELD, QUARANTINE_COLUMNS, REASONS
 
 NOW = datetime(2024, 10, 10, 12, 0, tzinfo=timezone.utc)  # the clock of every FolderSource here
 D1, D2, D3 = date(2024, 10, 1), date(2024, 10, 2), date(2024, 10, 3)
@@ -628,7 +628,7 @@ def _links(tmp_path: Path) -> tuple[Path, Path]:
 
 def test_symbolic_links_are_ignored_and_logged_once(tmp_path: Path, caplog) -> None:
     landing, outside = _links(tmp_path)
-    caplog.set_level(logging.WARNING, logger="factory_assets.sources.folder")
+    caplog.set_level(logging.WARNING, logger="factory_assets.data.sources.folder")
     assert [p.name for p in landed_files(landing)] == ["real.csv"]
     source = make_source(landing)
     data = csv_bytes(r("e1"))
@@ -638,7 +638,7 @@ def test_symbolic_links_are_ignored_and_logged_once(tmp_path: Path, caplog) -> N
         assert batch.quarantined.empty and batch.undated.empty
         assert batch.files == (FileIngest("real.csv", hashlib.sha256(data).hexdigest(), len(data), 1, 0),)
     assert source.days() == [D1]
-    warned = [rec.getMessage() for rec in caplog.records if rec.name == "factory_assets.sources.folder"]
+    warned = [rec.getMessage() for rec in caplog.records if rec.name == "factory_assets.data.sources.folder"]
     assert len(warned) == 4  # once per link, however often the folder is listed
     for name, target in [("passwd.csv", outside / "passwd"), ("good.csv", outside / "good.csv"),
                          ("inside.csv", landing / "real.csv"), ("dir.csv", outside / "dir.csv")]:

@@ -9,10 +9,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from factory_assets.sources import movielens
-from factory_assets.sources.base import PermanentSourceError
-from factory_assets.sources.movielens import MovieLensSource
-from factory_assets.sources.schema import EVENT_COLUMNS, QUARANTINE_COLUMNS
+from factory_assets.data.sources import movielens
+from factory_assets.data.sources.base import PermanentSourceError
+from factory_assets.data.sources.movielens import MovieLensSource
+from factory_assets.data.sources.schema import EVENT_COLUMNS, QUARANTINE_COLUMNS
 
 DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
 REAL_DIR = DATA / "movielens-latest-small"

@@ -11,10 +11,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from factory_assets.sources import online_retail
-from factory_assets.sources.base import PermanentSourceError
-from factory_assets.sources.online_retail import OnlineRetailSource
-from factory_assets.sources.schema import EVENT_COLUMNS, QUARANTINE_COLUMNS, REASONS
+from factory_assets.data.sources import online_retail
+from factory_assets.data.sources.base import PermanentSourceError
+from factory_assets.data.sources.online_retail import OnlineRetailSource
+from factory_assets.data.sources.schema import EVENT_COLUMNS, QUARANTINE_COLUMNS, REASONS
 
 DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
 REAL_FILE = DATA / "online-retail" / "online_retail.parquet"

@@ -1,4 +1,4 @@
-"""Tests of factory_assets.sources.schema.validate_events: one crafted row per rejection reason."""
+"""Tests of factory_assets.data.sources.schema.validate_events: one crafted row per rejection reason."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from factory_assets.sources.schema import (
+from factory_assets.data.sources.schema import (
     EVENT_COLUMNS,
     MAX_ID_LENGTH,
     MAX_QUANTITY,

@@ -1,4 +1,4 @@
-"""Tests of the embedded shop simulator (factory_assets.sources.simulator)."""
+"""Tests of the embedded shop simulator (factory_assets.data.sources.simulator)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from factory_assets.sources.base import DayBatch, EventSource
-from factory_assets.sources.schema import EVENT_COLUMNS, day_bounds, validate_events
-from factory_assets.sources.simulator import (
+from factory_assets.data.sources.base import DayBatch, EventSource
+from factory_assets.data.sources.schema import EVENT_COLUMNS, day_bounds, validate_events
+from factory_assets.data.sources.simulator import (
     ShopSimulator,
     SimulatorConfig,
     black_friday,

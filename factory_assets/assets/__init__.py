@@ -1,1 +1,0 @@
-"""Thin Dagster wiring, one module per stage: raw -> features -> models -> serving."""

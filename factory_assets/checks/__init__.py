@@ -1,1 +1,0 @@
-"""Data checks and promotion gates, as check specs plus the functions that evaluate them."""

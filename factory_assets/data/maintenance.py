@@ -1,0 +1,184 @@
+"""Data retention and the right to erasure, as transactions on the warehouse; and model staleness.
+
+Retention drops whole days older than a cut-off from ``raw_events``, its quarantine, the ingestion log and
+every feature view, and removes their ledger rows (so a training window reaching back there is *missing*,
+never silently shorter).  Erasure deletes one user's events from every partition, recomputes each affected
+day's data version, rebuilds that day's feature partitions from the remaining events, and records the request
+(with a sha256 of the user id, not the id).  A model whose manifest names an input partition whose data
+version has since changed is *stale*: :func:`stale_inputs` lists those partitions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import date, datetime, timedelta, timezone
+
+import duckdb
+import pandas as pd
+
+from factory_assets.feature_store import store, views
+from factory_assets.data.warehouse import (
+    INGESTION_LOG,
+    LEDGER,
+    QUARANTINE,
+    RAW_EVENTS,
+    frame_data_version,
+    ledger,
+    read_raw_partition,
+    record_partition,
+)
+
+DERIVED_VIEWS = (store.USER_FEATURES, store.ITEM_FEATURES)  # built from several input partitions
+RETENTION_LOG = "retention_log"
+ERASURE_LOG = "erasure_log"
+FEATURE_TABLES: dict[str, str] = {
+    store.USER_ITEM_DAILY: "day", store.ITEM_DAILY: "day", store.USER_FEATURES: "day", store.ITEM_FEATURES: "day",
+}
+
+DDL: tuple[str, ...] = (
+    f"""CREATE TABLE IF NOT EXISTS {RETENTION_LOG} (
+        applied_at TIMESTAMPTZ NOT NULL, cutoff DATE NOT NULL, days_dropped BIGINT NOT NULL,
+        rows_dropped BIGINT NOT NULL, first_day DATE, last_day DATE)""",
+    f"""CREATE TABLE IF NOT EXISTS {ERASURE_LOG} (
+        applied_at TIMESTAMPTZ NOT NULL, user_sha256 VARCHAR NOT NULL, rows_deleted BIGINT NOT NULL,
+        days VARCHAR NOT NULL, reason VARCHAR NOT NULL)""",
+)
+
+
+def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
+    """Create the maintenance log tables if missing (idempotent)."""
+    for statement in DDL:
+        con.execute(statement)
+
+
+def _ident(name: str) -> str:
+    """A quoted SQL identifier (table and column names are module constants; values are always parameters)."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def apply_retention(con: duckdb.DuckDBPyConnection, today: date, retention_days: int) -> dict:
+    """Drop every day before ``today - retention_days`` from raw data and feature views, in one transaction.
+
+    Returns:
+        ``{"cutoff", "days_dropped", "rows_dropped", "first_day", "last_day"}`` (also appended to
+        ``retention_log``).
+    Raises:
+        ValueError: if ``retention_days`` < 1.
+    """
+    if retention_days < 1:
+        raise ValueError(f"retention_days must be >= 1, got {retention_days}")
+    cutoff = today - timedelta(days=retention_days)
+    con.execute("BEGIN TRANSACTION")
+    try:
+        days = [r[0] for r in con.execute(
+            f"SELECT DISTINCT partition_day FROM {_ident(LEDGER)} WHERE asset = ? AND partition_day < ? ORDER BY 1",
+            [RAW_EVENTS, cutoff],
+        ).fetchall()]
+        rows = con.execute(f"SELECT count(*) FROM {_ident(RAW_EVENTS)} WHERE partition_day < ?", [cutoff]).fetchone()[0]
+        for table, column in {RAW_EVENTS: "partition_day", QUARANTINE: "partition_day", INGESTION_LOG: "partition_day",
+                              **FEATURE_TABLES, LEDGER: "partition_day"}.items():
+            con.execute(f"DELETE FROM {_ident(table)} WHERE {_ident(column)} < ?", [cutoff])
+        summary = {
+            "cutoff": cutoff.isoformat(),
+            "days_dropped": len(days),
+            "rows_dropped": int(rows),
+            "first_day": days[0].isoformat() if days else None,
+            "last_day": days[-1].isoformat() if days else None,
+        }
+        con.execute(
+            f"INSERT INTO {RETENTION_LOG} VALUES (?, ?, ?, ?, ?, ?)",
+            [datetime.now(timezone.utc), cutoff, len(days), int(rows), summary["first_day"], summary["last_day"]],
+        )
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    return summary
+
+
+def user_sha256(user_id: str) -> str:
+    """The erasure log's key for a user: hex sha256 of the UTF-8 id (the id itself is not kept)."""
+    return hashlib.sha256(user_id.encode("utf-8")).hexdigest()
+
+
+def erase_user(con: duckdb.DuckDBPyConnection, user_id: str, reason: str) -> dict:
+    """Delete every event of ``user_id``; recompute versions and features of the affected days.
+
+    Returns:
+        ``{"user_sha256", "rows_deleted", "days": {iso day: new raw data version}}``.
+    Raises:
+        ValueError: for an empty user id.
+    """
+    if not user_id:
+        raise ValueError("user_id must be a non-empty string")
+    days = [r[0] for r in con.execute(
+        f"SELECT DISTINCT partition_day FROM {_ident(RAW_EVENTS)} WHERE user_id = ? ORDER BY 1", [user_id]
+    ).fetchall()]
+    new_versions: dict[str, str] = {}
+    con.execute("BEGIN TRANSACTION")
+    try:
+        rows = con.execute(f"SELECT count(*) FROM {_ident(RAW_EVENTS)} WHERE user_id = ?", [user_id]).fetchone()[0]
+        con.execute(f"DELETE FROM {_ident(RAW_EVENTS)} WHERE user_id = ?", [user_id])
+        con.execute(f"DELETE FROM {_ident(QUARANTINE)} WHERE user_id = ?", [user_id])
+        for day in days:
+            remaining = read_raw_partition(con, day)
+            version = frame_data_version(remaining.sort_values("event_id", kind="stable").reset_index(drop=True))
+            record_partition(con, RAW_EVENTS, day, version, len(remaining))
+            new_versions[day.isoformat()] = version
+        con.execute(
+            f"INSERT INTO {ERASURE_LOG} VALUES (?, ?, ?, ?, ?)",
+            [datetime.now(timezone.utc), user_sha256(user_id), int(rows), ",".join(new_versions), reason],
+        )
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    for view in FEATURE_TABLES:  # each rebuild is its own atomic transaction, from the erased raw days
+        built = ledger(con, view, min(days), date.max)["partition_day"] if days else []
+        for day in built:  # the erased days, and later days whose inputs include them (item_features)
+            if day in days or (view in DERIVED_VIEWS and views.is_stale(con, view, day)):
+                views.build_view_partition(con, view, day)
+    for table in _online_tables_with_users(con):
+        con.execute(f"DELETE FROM {table} WHERE user_id = ?", [user_id])
+    return {"user_sha256": user_sha256(user_id), "rows_deleted": int(rows), "days": new_versions}
+
+
+def _online_tables_with_users(con: duckdb.DuckDBPyConnection) -> list[str]:
+    rows = con.execute(
+        "SELECT table_name FROM information_schema.columns WHERE table_name LIKE 'online\\_%' ESCAPE '\\' "
+        "AND column_name = 'user_id'"
+    ).fetchall()
+    return [r[0] for r in rows if r[0].isidentifier()]
+
+
+def manifest_inputs(manifest: dict) -> list[dict]:
+    """Every input partition a model manifest names, once: the window's and its long purchase history's
+    (``[{"asset", "partition", "data_version", "row_count"}]``, window first)."""
+    seen, out = set(), []
+    for entry in manifest.get("window", {}).get("inputs", []) + ((manifest.get("history") or {}).get("inputs") or []):
+        key = (entry["asset"], entry["partition"])
+        if key not in seen:
+            seen.add(key)
+            out.append(entry)
+    return out
+
+
+def stale_inputs(con: duckdb.DuckDBPyConnection, manifest: dict) -> list[dict]:
+    """Input partitions of a model manifest whose data version changed (or vanished) since it was trained.
+
+    Returns:
+        ``[{"asset", "partition", "trained_on", "now"}]`` (``now`` is None for a deleted partition); empty
+        when the model is up to date with its inputs.
+    """
+    inputs = pd.DataFrame(manifest_inputs(manifest))
+    if inputs.empty:
+        return []
+    current = con.execute(f"SELECT asset, partition_day, data_version FROM {_ident(LEDGER)}").df()
+    current["partition"] = pd.to_datetime(current["partition_day"]).dt.date.astype(str)
+    merged = inputs.merge(current[["asset", "partition", "data_version"]], on=["asset", "partition"], how="left", suffixes=("", "_now"))
+    changed = merged[merged["data_version"] != merged["data_version_now"]]
+    return [
+        {"asset": r.asset, "partition": r.partition, "trained_on": r.data_version,
+         "now": None if pd.isna(r.data_version_now) else r.data_version_now}
+        for r in changed.itertuples(index=False)
+    ]
