@@ -218,20 +218,4 @@ def assess(
     if not categories:
         reason += " (no item categories from this source: item popularity only)"
     return DriftReport(tuple(dists), n_cur, n_ref, reason)
-
-
-def change_point(verdicts: Mapping[date, bool], start: date, end: date) -> date | None:
-    """First day of the latest run of consecutive drifted days in ``start..end`` (inclusive), or None.
-
-    ``verdicts`` maps a UTC day to its drift verdict (days without a verdict count as not drifted).  The
-    day is the first of the current behaviour *regime*: the candidate down-weights the days before it
-    (``ModelParams.regime_start``).  A run that starts on ``start`` itself is returned as None: the whole
-    window is then already the new regime, there is nothing older to down-weight.
-    """
-    latest = next((d for d in sorted(verdicts, reverse=True) if start <= d <= end and verdicts[d]), None)
-    if latest is None:
-        return None
-    first = latest
-    while verdicts.get(first - timedelta(days=1), False) and first - timedelta(days=1) >= start:
-        first -= timedelta(days=1)
-    return None if first <= start else first
+from factory_assets.feature_store.contract import change_point  # noqa: E402,F401 (the regime rule lives in the contract)

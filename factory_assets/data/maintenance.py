@@ -149,36 +149,4 @@ def _online_tables_with_users(con: duckdb.DuckDBPyConnection) -> list[str]:
         "AND column_name = 'user_id'"
     ).fetchall()
     return [r[0] for r in rows if r[0].isidentifier()]
-
-
-def manifest_inputs(manifest: dict) -> list[dict]:
-    """Every input partition a model manifest names, once: the window's and its long purchase history's
-    (``[{"asset", "partition", "data_version", "row_count"}]``, window first)."""
-    seen, out = set(), []
-    for entry in manifest.get("window", {}).get("inputs", []) + ((manifest.get("history") or {}).get("inputs") or []):
-        key = (entry["asset"], entry["partition"])
-        if key not in seen:
-            seen.add(key)
-            out.append(entry)
-    return out
-
-
-def stale_inputs(con: duckdb.DuckDBPyConnection, manifest: dict) -> list[dict]:
-    """Input partitions of a model manifest whose data version changed (or vanished) since it was trained.
-
-    Returns:
-        ``[{"asset", "partition", "trained_on", "now"}]`` (``now`` is None for a deleted partition); empty
-        when the model is up to date with its inputs.
-    """
-    inputs = pd.DataFrame(manifest_inputs(manifest))
-    if inputs.empty:
-        return []
-    current = con.execute(f"SELECT asset, partition_day, data_version FROM {_ident(LEDGER)}").df()
-    current["partition"] = pd.to_datetime(current["partition_day"]).dt.date.astype(str)
-    merged = inputs.merge(current[["asset", "partition", "data_version"]], on=["asset", "partition"], how="left", suffixes=("", "_now"))
-    changed = merged[merged["data_version"] != merged["data_version_now"]]
-    return [
-        {"asset": r.asset, "partition": r.partition, "trained_on": r.data_version,
-         "now": None if pd.isna(r.data_version_now) else r.data_version_now}
-        for r in changed.itertuples(index=False)
-    ]
+from factory_assets.feature_store.contract import manifest_inputs, stale_inputs  # noqa: E402,F401 (re-exported)

@@ -18,11 +18,10 @@ import duckdb
 import pandas as pd
 
 from factory_assets.data.sources.base import FileIngest
+from factory_assets.feature_store.contract import LEDGER, LEDGER_DDL, RAW_EVENTS, ledger, record_partition  # noqa: F401 (re-exported)
 from factory_assets.data.sources.schema import EVENT_COLUMNS, QUARANTINE_COLUMNS
 
-RAW_EVENTS = "raw_events"
 QUARANTINE = "raw_events_quarantine"
-LEDGER = "partition_ledger"
 INGESTION_LOG = "ingestion_log"
 
 DDL: tuple[str, ...] = (
@@ -39,9 +38,7 @@ DDL: tuple[str, ...] = (
         file_sha256 VARCHAR NOT NULL, partition_day DATE NOT NULL, file_name VARCHAR NOT NULL,
         size_bytes BIGINT NOT NULL, rows_accepted BIGINT NOT NULL, rows_quarantined BIGINT NOT NULL,
         ingested_at TIMESTAMPTZ NOT NULL, PRIMARY KEY (file_sha256, partition_day))""",
-    f"""CREATE TABLE IF NOT EXISTS {LEDGER} (
-        asset VARCHAR NOT NULL, partition_day DATE NOT NULL, data_version VARCHAR NOT NULL,
-        row_count BIGINT NOT NULL, written_at TIMESTAMPTZ NOT NULL, PRIMARY KEY (asset, partition_day))""",
+    LEDGER_DDL,
 )
 
 
@@ -61,14 +58,6 @@ def frame_data_version(frame: pd.DataFrame, salt: str = "") -> str:
     if len(frame):
         digest.update(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
     return digest.hexdigest()
-
-
-def record_partition(con: duckdb.DuckDBPyConnection, asset: str, day: date, data_version: str, row_count: int) -> None:
-    """Upsert the ledger row of ``(asset, day)`` (inside the caller's transaction)."""
-    con.execute(
-        f"INSERT OR REPLACE INTO {LEDGER} VALUES (?, ?, ?, ?, ?)",
-        [asset, day, data_version, int(row_count), datetime.now(timezone.utc)],
-    )
 
 
 def write_raw_partition(
@@ -138,17 +127,6 @@ def read_raw_partition(con: duckdb.DuckDBPyConnection, day: date) -> pd.DataFram
     return con.execute(
         f"SELECT {', '.join(EVENT_COLUMNS)} FROM {RAW_EVENTS} WHERE partition_day = ? ORDER BY event_id", [day]
     ).df()
-
-
-def ledger(con: duckdb.DuckDBPyConnection, asset: str, start: date, end: date) -> pd.DataFrame:
-    """Ledger rows of ``asset`` for the inclusive day range: ``partition_day``, ``data_version``, ``row_count``."""
-    frame = con.execute(
-        f"SELECT partition_day, data_version, row_count FROM {LEDGER} "
-        "WHERE asset = ? AND partition_day BETWEEN ? AND ? ORDER BY partition_day",
-        [asset, start, end],
-    ).df()
-    frame["partition_day"] = pd.to_datetime(frame["partition_day"]).dt.date
-    return frame
 
 
 def quarantine_summary(con: duckdb.DuckDBPyConnection, day: date) -> dict[str, int]:

@@ -32,7 +32,7 @@ import pandas as pd
 
 from factory_assets.feature_store.store import ONLINE_VIEWS
 from factory_assets.feature_store.views import FEATURE_VIEWS, FeatureView, get_view
-from factory_assets.data.warehouse import ledger
+from factory_assets.feature_store.contract import ledger
 
 ONLINE_PREFIX = "online_"
 _ENTITY_ROWS = "_feature_entity_rows"

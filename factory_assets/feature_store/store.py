@@ -26,7 +26,7 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from factory_assets.data.warehouse import RAW_EVENTS, ledger, record_partition
+from factory_assets.feature_store.contract import RAW_EVENTS, ledger, record_partition
 
 USER_ITEM_DAILY = "user_item_daily"
 ITEM_DAILY = "item_daily"

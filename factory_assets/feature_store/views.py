@@ -53,7 +53,7 @@ from factory_assets.feature_store.store import (
     USER_FEATURES,
     USER_ITEM_DAILY,
 )
-from factory_assets.data.warehouse import LEDGER, RAW_EVENTS, record_partition
+from factory_assets.feature_store.contract import LEDGER, RAW_EVENTS, record_partition
 
 AGGREGATIONS: tuple[str, ...] = ("sum", "max", "last")
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]*$")

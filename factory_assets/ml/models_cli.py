@@ -14,7 +14,7 @@ Common options: ``--json`` (standard output is exactly one JSON document, logs g
 ``show``     one version: its registry row, the aliases naming it, the integrity of its manifest and
              artefacts, the manifest, metrics, gate results, its history (``model_events``) and its lineage:
              the feature partitions of its window with the data versions it was trained on and whether each is
-             still current (:func:`factory_assets.data.maintenance.stale_inputs`), and the raw event partitions
+             still current (:func:`factory_assets.data.contract.stale_inputs`), and the raw event partitions
              beneath them.
 ``diff``     metrics of A and B side by side with ``delta = B - A``, the parameters that differ and the input
              partitions whose data versions differ (or that only one of them read).
@@ -244,13 +244,13 @@ def _read_manifest(row: dict) -> tuple[dict | None, dict]:
 
 def _lineage(con: duckdb.DuckDBPyConnection, manifest: dict) -> dict:
     """Feature and raw event partitions behind a manifest, with trained-on and current data versions."""
-    from factory_assets.data import maintenance
+    from factory_assets.feature_store import contract
     from factory_assets.feature_store import store
-    from factory_assets.data.warehouse import LEDGER, RAW_EVENTS
+    from factory_assets.feature_store.contract import LEDGER, RAW_EVENTS
 
     window = manifest.get("window", {})
-    inputs = maintenance.manifest_inputs(manifest)  # the window's and the purchase history's partitions
-    stale = maintenance.stale_inputs(con, manifest) if inputs else []
+    inputs = contract.manifest_inputs(manifest)  # the window's and the purchase history's partitions
+    stale = contract.stale_inputs(con, manifest) if inputs else []
     stale_keys = {(s["asset"], s["partition"]): s["now"] for s in stale}
     ledger = {
         (r["asset"], _iso(r["partition_day"])): r
@@ -373,14 +373,14 @@ def diff_versions(layout: HomeLayout, a: int, b: int, timeout_s: float = DEFAULT
         baselines[name] = {"a": va, "b": vb, "delta": vb - va if _number(va) and _number(vb) else None}
     from dataclasses import asdict
 
-    from factory_assets.data import maintenance
+    from factory_assets.feature_store import contract
     from factory_assets.ml.recsys.model import ModelParams
 
     defaults = asdict(ModelParams())  # a manifest leaves out parameters added later at their default (history_days 0)
     pa, pb = ({**defaults, **manifests[k].get("params", {})} for k in ("a", "b"))
     params = {n: {"a": pa.get(n), "b": pb.get(n)} for n in sorted(set(pa) | set(pb)) if pa.get(n) != pb.get(n)}
     ins = {
-        k: {(i["asset"], i["partition"]): i["data_version"] for i in maintenance.manifest_inputs(m)}
+        k: {(i["asset"], i["partition"]): i["data_version"] for i in contract.manifest_inputs(m)}
         for k, m in manifests.items()
     }
     differ, same = [], 0

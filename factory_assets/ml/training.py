@@ -216,7 +216,7 @@ def retrain_from_manifest(con, manifest: dict) -> dict[str, str]:
         ValueError: if the window's inputs are no longer the ones the manifest names.
     """
     from factory_assets.feature_store import store
-    from factory_assets.data.maintenance import stale_inputs
+    from factory_assets.feature_store.contract import stale_inputs
     from factory_assets.ml.recsys.artefact import model_arrays, npz_bytes
 
     changed = stale_inputs(con, manifest)

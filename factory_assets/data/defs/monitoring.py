@@ -51,10 +51,9 @@ from factory_assets.platform.partitions import DAILY, SINGLE_RUN, WAREHOUSE_POOL
 from factory_assets.feature_store.store import ITEM_DAILY
 from factory_assets.resources import FactoryResource
 from factory_assets.data.warehouse import ledger
+from factory_assets.feature_store.contract import BEHAVIOUR_DRIFT, DRIFT_HISTORY, regime_start  # noqa: F401 (re-exported)
 
-BEHAVIOUR_DRIFT = "behaviour_drift"
 DRIFT_CHECK = "drift_within_threshold"
-DRIFT_HISTORY = "behaviour_drift_history"
 GROUP_MONITORING = "monitoring"
 HISTORY_ROWS = 14
 # Partition D reads item_daily for D and the WINDOW_DAYS days before it.
@@ -108,22 +107,6 @@ def history(con: duckdb.DuckDBPyConnection, until: date, rows: int = HISTORY_ROW
         [until, rows],
     ).df()
     return frame.iloc[::-1].reset_index(drop=True)
-
-
-def regime_start(con: duckdb.DuckDBPyConnection, start: date, end: date) -> date | None:
-    """The drift monitor's change point inside the window ``start..end`` (:func:`factory_assets.data.drift.change_point`).
-
-    None when :data:`DRIFT_HISTORY` does not exist yet (the monitor never ran) or no day of the window drifted.
-    """
-    exists = con.execute(
-        "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [DRIFT_HISTORY]
-    ).fetchone()[0]
-    if not exists:
-        return None
-    rows = con.execute(
-        f"SELECT partition_day, drifted FROM {DRIFT_HISTORY} WHERE partition_day BETWEEN ? AND ?", [start, end]
-    ).fetchall()
-    return drift.change_point({day: bool(flag) for day, flag in rows}, start, end)
 
 
 def _record(con: duckdb.DuckDBPyConnection, day: date, reference_days: int, report: drift.DriftReport) -> None:

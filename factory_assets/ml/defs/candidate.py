@@ -30,7 +30,7 @@ from factory_assets.platform.partitions import (
     WINDOW_DAYS,
     partition_day,
 )
-from factory_assets.data.defs.monitoring import regime_start
+from factory_assets.feature_store.contract import regime_start
 from factory_assets.feature_store import retrieval, store
 from factory_assets.ml.recsys.artefact import (
     ArtefactIntegrityError,

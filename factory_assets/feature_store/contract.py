@@ -1,0 +1,144 @@
+"""The feature store's contract: the one thing the DataOps and the MLOps halves both read.
+
+The DataOps code location writes these tables; the MLOps code location reads them and declares the DataOps
+assets as external asset specs under the same keys (:data:`DATA_ASSET_KEYS`), so the lineage graph is one.
+Nothing here imports either half.
+
+Named, versioned views (DuckDB tables in the warehouse, one partition per UTC day):
+
+==========================  ==============================================================================
+``raw_events``              validated events (``partition_day`` DATE, ``event_id``, ``user_id``, ``item_id``,
+                            ``event_type``, ``ts`` TIMESTAMPTZ, ``quantity`` BIGINT, ``value`` DOUBLE)
+``user_item_daily``         user x item daily interactions (:mod:`factory_assets.feature_store.store`)
+``item_daily``              item daily counts
+``user_features``           derived user view (:mod:`factory_assets.feature_store.views`)
+``item_features``           derived item view (14-day popularity trend)
+``behaviour_drift_history`` the drift monitor's verdict per day (``partition_day``, ``drifted``, metrics)
+``partition_ledger``        one row per written partition: ``asset``, ``partition_day``, ``data_version`` (hex
+                            sha256 of the partition's content or inputs), ``row_count``, ``written_at`` (UTC)
+==========================  ==============================================================================
+
+The ledger is how a reader tells a complete, empty day (``row_count = 0``) from a missing one (no row), and
+how a model's manifest (its input partitions and their data versions) is checked for staleness.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import date, datetime, timedelta, timezone
+
+import duckdb
+import pandas as pd
+
+CONTRACT_VERSION = "1"  # bump when a table, column or data-version rule below changes meaning
+
+# Asset keys (and table names) of what the DataOps location materialises.
+RAW_EVENTS = "raw_events"
+USER_ITEM_DAILY = "user_item_daily"
+ITEM_DAILY = "item_daily"
+USER_FEATURES = "user_features"
+ITEM_FEATURES = "item_features"
+ONLINE_FEATURES = "online_features"
+BEHAVIOUR_DRIFT = "behaviour_drift"
+DATA_ASSET_KEYS: tuple[str, ...] = (
+    RAW_EVENTS, USER_ITEM_DAILY, ITEM_DAILY, USER_FEATURES, ITEM_FEATURES, ONLINE_FEATURES, BEHAVIOUR_DRIFT,
+)
+DATA_ASSET_GROUPS: Mapping[str, str] = {  # group names as the DataOps location shows them
+    RAW_EVENTS: "raw", USER_ITEM_DAILY: "features", ITEM_DAILY: "features", USER_FEATURES: "features",
+    ITEM_FEATURES: "features", ONLINE_FEATURES: "features", BEHAVIOUR_DRIFT: "monitoring",
+}
+
+# Tables behind the views.
+LEDGER = "partition_ledger"
+DRIFT_HISTORY = "behaviour_drift_history"
+
+LEDGER_DDL = f"""CREATE TABLE IF NOT EXISTS {LEDGER} (
+        asset VARCHAR NOT NULL, partition_day DATE NOT NULL, data_version VARCHAR NOT NULL,
+        row_count BIGINT NOT NULL, written_at TIMESTAMPTZ NOT NULL, PRIMARY KEY (asset, partition_day))"""
+
+
+def record_partition(con: duckdb.DuckDBPyConnection, asset: str, day: date, data_version: str, row_count: int) -> None:
+    """Upsert the ledger row of ``(asset, day)`` (inside the writer's transaction; DataOps only)."""
+    con.execute(
+        f"INSERT OR REPLACE INTO {LEDGER} VALUES (?, ?, ?, ?, ?)",
+        [asset, day, data_version, int(row_count), datetime.now(timezone.utc)],
+    )
+
+
+def ledger(con: duckdb.DuckDBPyConnection, asset: str, start: date, end: date) -> pd.DataFrame:
+    """Ledger rows of ``asset`` for the inclusive day range: ``partition_day`` (``datetime.date``),
+    ``data_version`` (str), ``row_count`` (int64), oldest first."""
+    frame = con.execute(
+        f"SELECT partition_day, data_version, row_count FROM {LEDGER} "
+        "WHERE asset = ? AND partition_day BETWEEN ? AND ? ORDER BY partition_day",
+        [asset, start, end],
+    ).df()
+    frame["partition_day"] = pd.to_datetime(frame["partition_day"]).dt.date
+    return frame
+
+
+def manifest_inputs(manifest: dict) -> list[dict]:
+    """Every input partition a model manifest names, once: the window's and its long purchase history's
+    (``[{"asset", "partition", "data_version", "row_count"}]``, window first)."""
+    seen, out = set(), []
+    for entry in manifest.get("window", {}).get("inputs", []) + ((manifest.get("history") or {}).get("inputs") or []):
+        key = (entry["asset"], entry["partition"])
+        if key not in seen:
+            seen.add(key)
+            out.append(entry)
+    return out
+
+
+def stale_inputs(con: duckdb.DuckDBPyConnection, manifest: dict) -> list[dict]:
+    """Input partitions of a model manifest whose data version changed (or vanished) since it was trained.
+
+    Returns:
+        ``[{"asset", "partition", "trained_on", "now"}]`` (``now`` is None for a deleted partition); empty
+        when the model is up to date with its inputs.
+    """
+    inputs = pd.DataFrame(manifest_inputs(manifest))
+    if inputs.empty:
+        return []
+    current = con.execute(f"SELECT asset, partition_day, data_version FROM {LEDGER}").df()
+    current["partition"] = pd.to_datetime(current["partition_day"]).dt.date.astype(str)
+    merged = inputs.merge(current[["asset", "partition", "data_version"]], on=["asset", "partition"], how="left", suffixes=("", "_now"))
+    changed = merged[merged["data_version"] != merged["data_version_now"]]
+    return [
+        {"asset": r.asset, "partition": r.partition, "trained_on": r.data_version,
+         "now": None if pd.isna(r.data_version_now) else r.data_version_now}
+        for r in changed.itertuples(index=False)
+    ]
+
+
+def change_point(verdicts: Mapping[date, bool], start: date, end: date) -> date | None:
+    """First day of the latest run of consecutive drifted days in ``start..end`` (inclusive), or None.
+
+    ``verdicts`` maps a UTC day to its drift verdict (days without a verdict count as not drifted).  The
+    day is the first of the current behaviour *regime*: the candidate down-weights the days before it
+    (``ModelParams.regime_start``).  A run that starts on ``start`` itself is returned as None: the whole
+    window is then already the new regime, there is nothing older to down-weight.
+    """
+    latest = next((d for d in sorted(verdicts, reverse=True) if start <= d <= end and verdicts[d]), None)
+    if latest is None:
+        return None
+    first = latest
+    while verdicts.get(first - timedelta(days=1), False) and first - timedelta(days=1) >= start:
+        first -= timedelta(days=1)
+    return None if first <= start else first
+
+
+def regime_start(con: duckdb.DuckDBPyConnection, start: date, end: date) -> date | None:
+    """The drift monitor's change point inside the window ``start..end`` (:func:`change_point` over
+    :data:`DRIFT_HISTORY`).
+
+    None when :data:`DRIFT_HISTORY` does not exist yet (the monitor never ran) or no day of the window drifted.
+    """
+    exists = con.execute(
+        "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [DRIFT_HISTORY]
+    ).fetchone()[0]
+    if not exists:
+        return None
+    rows = con.execute(
+        f"SELECT partition_day, drifted FROM {DRIFT_HISTORY} WHERE partition_day BETWEEN ? AND ?", [start, end]
+    ).fetchall()
+    return change_point({day: bool(flag) for day, flag in rows}, start, end)
