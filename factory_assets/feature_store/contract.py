@@ -30,19 +30,21 @@ from datetime import date, datetime, timedelta, timezone
 import duckdb
 import pandas as pd
 
+from factory_assets.platform.keys import (  # noqa: F401 (the contract's names)
+    BEHAVIOUR_DRIFT,
+    DATA_KEYS,
+    ITEM_DAILY,
+    ITEM_FEATURES,
+    ONLINE_FEATURES,
+    RAW_EVENTS,
+    USER_FEATURES,
+    USER_ITEM_DAILY,
+)
+
 CONTRACT_VERSION = "1"  # bump when a table, column or data-version rule below changes meaning
 
-# Asset keys (and table names) of what the DataOps location materialises.
-RAW_EVENTS = "raw_events"
-USER_ITEM_DAILY = "user_item_daily"
-ITEM_DAILY = "item_daily"
-USER_FEATURES = "user_features"
-ITEM_FEATURES = "item_features"
-ONLINE_FEATURES = "online_features"
-BEHAVIOUR_DRIFT = "behaviour_drift"
-DATA_ASSET_KEYS: tuple[str, ...] = (
-    RAW_EVENTS, USER_ITEM_DAILY, ITEM_DAILY, USER_FEATURES, ITEM_FEATURES, ONLINE_FEATURES, BEHAVIOUR_DRIFT,
-)
+# Asset keys (and table names) of what the DataOps location materialises: one spelling, in platform.keys.
+DATA_ASSET_KEYS: tuple[str, ...] = DATA_KEYS
 DATA_ASSET_GROUPS: Mapping[str, str] = {  # group names as the DataOps location shows them
     RAW_EVENTS: "raw", USER_ITEM_DAILY: "features", ITEM_DAILY: "features", USER_FEATURES: "features",
     ITEM_FEATURES: "features", ONLINE_FEATURES: "features", BEHAVIOUR_DRIFT: "monitoring",
@@ -51,6 +53,7 @@ DATA_ASSET_GROUPS: Mapping[str, str] = {  # group names as the DataOps location 
 # Tables behind the views.
 LEDGER = "partition_ledger"
 DRIFT_HISTORY = "behaviour_drift_history"
+ERASURE_LOG = "erasure_log"  # one row per right-to-erasure request: ``days`` = comma-separated ISO days it changed
 
 LEDGER_DDL = f"""CREATE TABLE IF NOT EXISTS {LEDGER} (
         asset VARCHAR NOT NULL, partition_day DATE NOT NULL, data_version VARCHAR NOT NULL,
@@ -108,6 +111,17 @@ def stale_inputs(con: duckdb.DuckDBPyConnection, manifest: dict) -> list[dict]:
          "now": None if pd.isna(r.data_version_now) else r.data_version_now}
         for r in changed.itertuples(index=False)
     ]
+
+
+def erased_days(con: duckdb.DuckDBPyConnection) -> set[date]:
+    """Every UTC day whose raw events an erasure request changed (empty when nothing was ever erased)."""
+    exists = con.execute(
+        "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [ERASURE_LOG]
+    ).fetchall()[0][0]
+    if not exists:
+        return set()
+    rows = con.execute(f"SELECT days FROM {ERASURE_LOG}").fetchall()
+    return {date.fromisoformat(d) for (days,) in rows for d in days.split(",") if d}
 
 
 def change_point(verdicts: Mapping[date, bool], start: date, end: date) -> date | None:

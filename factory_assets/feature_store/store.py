@@ -5,7 +5,8 @@ Feature views (entity, timestamp column; one partition per UTC day):
 ``user_item_daily`` (entity user x item, ``day``)
     ``n_views``, ``n_carts``, ``n_conversions`` (purchases, or ratings >= 4 stars), ``n_returns``,
     ``quantity`` (units converted), ``value`` (money converted), ``weight`` (sum of event-type weights,
-    :data:`EVENT_WEIGHTS`), ``last_ts``.
+    :data:`EVENT_WEIGHTS`), ``last_ts`` (latest event), ``last_purchase_ts`` (latest purchase; NULL without one:
+    what the shadow evaluation credits a served list with).
 ``item_daily`` (entity item, ``day``)
     ``n_users`` (distinct users with any event), ``n_converters`` (distinct converting users),
     ``n_events``, ``n_conversions``.
@@ -30,7 +31,7 @@ from factory_assets.feature_store.contract import RAW_EVENTS, ledger, record_par
 
 USER_ITEM_DAILY = "user_item_daily"
 ITEM_DAILY = "item_daily"
-FEATURE_CODE_VERSION = "1"
+FEATURE_CODE_VERSION = "2"  # 2: user_item_daily.last_purchase_ts
 
 # Event-type weights for the interaction strength (views are weak evidence, conversions strong).
 EVENT_WEIGHTS: dict[str, float] = {"view": 1.0, "add_to_cart": 3.0, "purchase": 5.0, "return": 0.0}
@@ -41,7 +42,8 @@ DDL: tuple[str, ...] = (
     f"""CREATE TABLE IF NOT EXISTS {USER_ITEM_DAILY} (
         day DATE NOT NULL, user_id VARCHAR NOT NULL, item_id VARCHAR NOT NULL, n_views BIGINT NOT NULL,
         n_carts BIGINT NOT NULL, n_conversions BIGINT NOT NULL, n_returns BIGINT NOT NULL,
-        quantity BIGINT NOT NULL, value DOUBLE NOT NULL, weight DOUBLE NOT NULL, last_ts TIMESTAMPTZ NOT NULL)""",
+        quantity BIGINT NOT NULL, value DOUBLE NOT NULL, weight DOUBLE NOT NULL, last_ts TIMESTAMPTZ NOT NULL,
+        last_purchase_ts TIMESTAMPTZ)""",
     f"""CREATE TABLE IF NOT EXISTS {ITEM_DAILY} (
         day DATE NOT NULL, item_id VARCHAR NOT NULL, n_users BIGINT NOT NULL, n_converters BIGINT NOT NULL,
         n_events BIGINT NOT NULL, n_conversions BIGINT NOT NULL)""",
@@ -62,7 +64,8 @@ SELECT partition_day, user_id, item_id,
                 WHEN 'purchase' THEN $w_purchase WHEN 'return' THEN $w_return
                 WHEN 'rating' THEN CASE WHEN value >= $stars THEN $w_rating_pos ELSE $w_rating_other END
                 ELSE 0.0 END),
-       max(ts)
+       max(ts),
+       max(ts) FILTER (WHERE event_type = 'purchase')
 FROM {RAW_EVENTS} WHERE partition_day = $day
 GROUP BY partition_day, user_id, item_id
 """

@@ -26,7 +26,6 @@ tried again on the next tick.
 from __future__ import annotations
 
 import json
-import os
 import urllib.error
 import urllib.request
 from collections.abc import Iterable, Mapping, Sequence
@@ -50,15 +49,16 @@ from dagster._core.definitions.freshness import FreshnessState
 from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
 from pydantic import Field
 
-from factory_assets.ml.defs.served import SERVED_MODEL
+from factory_assets.platform import settings
+from factory_assets.platform.keys import SERVED_MODEL
 
-ALERT_WEBHOOK_ENV = "FACTORY_ALERT_WEBHOOK_URL"
-UI_URL_ENV = "FACTORY_UI_URL"
-DEFAULT_UI_URL = "http://127.0.0.1:3000"
+ALERT_WEBHOOK_ENV = settings.ALERT_WEBHOOK_ENV
+UI_URL_ENV = settings.UI_URL_ENV
+DEFAULT_UI_URL = settings.DEFAULT_UI_URL
 RUN_FAILURE_ALERT = "factory_run_failure_alert"
 GATE_FRESHNESS_ALERT = "factory_gate_freshness_alert"
 FRESHNESS_ALERT_ASSETS: tuple[str, ...] = (SERVED_MODEL,)
-ALERT_INTERVAL_S = int(os.environ.get("FACTORY_ALERT_INTERVAL_S", "30"))
+ALERT_INTERVAL_S = settings.alert_interval_s()
 PARTITION_TAG = "dagster/partition"
 _HISTORY_LIMIT = 100
 _GATE_ERROR = "DagsterAssetCheckFailedError"
@@ -71,13 +71,23 @@ class AlertDeliveryError(RuntimeError):
 class AlertWebhook(ConfigurableResource):
     """Where alerts go: a webhook URL (empty = off) and the UI base URL used for links."""
 
-    url: str = Field(default_factory=lambda: os.environ.get(ALERT_WEBHOOK_ENV, ""), description=ALERT_WEBHOOK_ENV)
-    ui_url: str = Field(default_factory=lambda: os.environ.get(UI_URL_ENV, DEFAULT_UI_URL), description=UI_URL_ENV)
+    url: str | None = Field(default=None, description=f"webhook URL; default: {ALERT_WEBHOOK_ENV} (at run time); empty = off")
+    ui_url: str | None = Field(default=None, description=f"UI base URL for links; default: {UI_URL_ENV} (at run time)")
     timeout_s: float = Field(default=5.0, description="HTTP timeout of one POST, seconds")
 
     @property
+    def webhook(self) -> str:
+        """The webhook URL: the configured one, else ``FACTORY_ALERT_WEBHOOK_URL`` (empty: alerts off)."""
+        return self.url if self.url is not None else settings.alert_webhook_url()
+
+    @property
+    def ui_base(self) -> str:
+        """The UI's base URL for links: the configured one, else ``FACTORY_UI_URL``."""
+        return self.ui_url if self.ui_url is not None else settings.ui_url()
+
+    @property
     def enabled(self) -> bool:
-        return bool(self.url.strip())
+        return bool(self.webhook.strip())
 
     def post(self, payload: Mapping[str, Any]) -> int:
         """POST one JSON payload; returns the HTTP status.
@@ -87,7 +97,7 @@ class AlertWebhook(ConfigurableResource):
         """
         body = json.dumps(payload, sort_keys=True, default=str).encode("utf-8")
         request = urllib.request.Request(
-            self.url, data=body, method="POST", headers={"Content-Type": "application/json", "User-Agent": "factory-assets-alerts"}
+            self.webhook, data=body, method="POST", headers={"Content-Type": "application/json", "User-Agent": "factory-assets-alerts"}
         )
         try:
             with urllib.request.urlopen(request, timeout=self.timeout_s) as response:  # noqa: S310 - configured URL
@@ -179,7 +189,7 @@ def run_failure_alert(context: RunFailureSensorContext, alert_webhook: AlertWebh
     if not alert_webhook.enabled:
         return SkipReason(f"no alert webhook configured ({ALERT_WEBHOOK_ENV})")
     payloads = run_failure_payloads(
-        context.instance, context.dagster_run, context.failure_event.message, alert_webhook.ui_url
+        context.instance, context.dagster_run, context.failure_event.message, alert_webhook.ui_base
     )
     for payload in payloads:
         alert_webhook.post(payload)
@@ -256,8 +266,8 @@ def gate_freshness_alert(context: SensorEvaluationContext, alert_webhook: AlertW
     cursor = json.loads(context.cursor) if context.cursor else {"checks": {}, "freshness": {}}
     first = not context.cursor
     graph = context.repository_def.asset_graph
-    gates, seen = collect_gate_alerts(context.instance, gate_check_keys(graph), cursor.get("checks", {}), alert_webhook.ui_url)
-    fresh, states = collect_freshness_alerts(context.instance, FRESHNESS_ALERT_ASSETS, cursor.get("freshness", {}), alert_webhook.ui_url)
+    gates, seen = collect_gate_alerts(context.instance, gate_check_keys(graph), cursor.get("checks", {}), alert_webhook.ui_base)
+    fresh, states = collect_freshness_alerts(context.instance, FRESHNESS_ALERT_ASSETS, cursor.get("freshness", {}), alert_webhook.ui_base)
     payloads = [] if first else [*gates, *fresh]
     for payload in payloads:
         alert_webhook.post(payload)

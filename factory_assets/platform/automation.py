@@ -1,17 +1,23 @@
 """How the factory runs itself: automation conditions, freshness policies and the automation sensor.
 
-Everything here is applied to the code location in one place, :func:`automate` (called by
-``definitions.py`` through ``Definitions.map_asset_specs``), not asset by asset: an asset added later gets
-:data:`DAILY_EAGER` and :data:`DAILY_FRESHNESS` unless it is named in :data:`CONDITIONS` /
-:data:`FRESHNESS` or declares its own.  There is no schedule: the daily cycle is the conditions below,
-evaluated by :data:`automation_sensor` (declared RUNNING: Dagster's implicit default sensor starts stopped).
+Everything here is applied in one place, :func:`automate`, mapped over each code location's asset specs (the
+DataOps and MLOps locations, and the merged ``factory_assets.definitions``), not asset by asset: an asset added
+later gets :data:`DAILY_EAGER` and :data:`DAILY_FRESHNESS` unless it is named in :data:`CONDITIONS` /
+:data:`FRESHNESS` or declares its own.  There is no schedule: the daily cycle is the conditions below, evaluated
+by each location's sensor (:func:`automation_sensor_for`, declared RUNNING: Dagster's implicit default sensor
+starts stopped) on the workspace's asset graph, so conditions see the other location's materializations.
+This module names assets by key only (:mod:`factory_assets.platform.keys`): it imports neither half.
 
 The daily cycle (all partitions are UTC days; "latest" is the last complete day)
 --------------------------------------------------------------------------------
-tick 1, after :data:`RAW_CRON` (00:15 UTC)   ``raw_events`` -> ``user_item_daily``, ``item_daily`` ->
-                                          ``training_window``, ``behaviour_drift`` (one run)
-tick 2, once that run has finished       ``candidate_model`` (+ its three gates) -> ``served_model``
-                                          (one run; ``served_model`` is blocked in-run by a failed gate)
+With two code locations (``workspace.yaml``):
+
+DataOps, after :data:`RAW_CRON` (00:15 UTC)   ``raw_events`` -> the feature views -> ``behaviour_drift`` (one run)
+MLOps, once those partitions exist         ``training_window`` -> ``candidate_model`` (+ its three gates) ->
+                                          ``served_model`` (one run; blocked in-run by a failed gate)
+
+With the merged definitions (one location) the same conditions give two ticks: tick 1 runs the DataOps assets
+and ``training_window`` together, tick 2 the candidate and the served model.
 
 The candidate waits one tick for the day's drift verdict (:data:`DRIFT_PENDING`) so that the drift signal
 is *known* when the candidate is requested, and is part of the reason it is requested.
@@ -64,7 +70,6 @@ Environment: ``FACTORY_AUTOMATION_INTERVAL_S`` (default 30) sets how often the a
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from datetime import timedelta
 
@@ -78,18 +83,23 @@ from dagster import (
     apply_freshness_policy,
 )
 
-from factory_assets.demo_report import ADAPTATION_DEMO
-from factory_assets.ml.defs.candidate import CANDIDATE_MODEL, TRAINING_WINDOW
-from factory_assets.data.defs.monitoring import BEHAVIOUR_DRIFT
+from factory_assets.platform import settings
+from factory_assets.platform.keys import (
+    ADAPTATION_DEMO,
+    BEHAVIOUR_DRIFT,
+    CANDIDATE_MODEL,
+    ITEM_DAILY,
+    RAW_EVENTS,
+    SERVED_MODEL,
+    TRAINING_WINDOW,
+    USER_ITEM_DAILY,
+)
 from factory_assets.platform.partitions import WINDOW_DAYS
-from factory_assets.ml.defs.served import SERVED_MODEL
-from factory_assets.feature_store.store import ITEM_DAILY, USER_ITEM_DAILY
-from factory_assets.data.warehouse import RAW_EVENTS
 
 AUTOMATION_SENSOR = "factory_automation"
 RAW_CRON = "15 0 * * *"  # 00:15 UTC: a quarter of an hour after the UTC day closes, for late events
 LOOKBACK_DAYS = WINDOW_DAYS + 7
-AUTOMATION_INTERVAL_S = int(os.environ.get("FACTORY_AUTOMATION_INTERVAL_S", "30"))
+AUTOMATION_INTERVAL_S = settings.automation_interval_s()
 AUTOMATION_RUN_TAGS = {"factory/launched_by": "automation"}
 
 # ---------------------------------------------------------------------------------------- building blocks
@@ -212,13 +222,24 @@ def automate(spec: AssetSpec) -> AssetSpec:
     return apply_freshness_policy(spec.replace_attributes(automation_condition=condition), policy)
 
 
-automation_sensor = AutomationConditionSensorDefinition(
-    AUTOMATION_SENSOR,
-    target=AssetSelection.all(),
-    default_status=DefaultSensorStatus.RUNNING,
-    minimum_interval_seconds=AUTOMATION_INTERVAL_S,
-    run_tags=AUTOMATION_RUN_TAGS,
-    emit_backfills=False,
-    description="Evaluates every asset's automation condition (see factory_assets.platform.automation); running by default.",
-)
+def automation_sensor_for(name: str, target: AssetSelection) -> AutomationConditionSensorDefinition:
+    """The automation sensor of one code location (RUNNING by default), evaluating ``target``'s conditions.
 
+    Each location targets only the assets it materialises; the conditions still see every location's
+    materializations (the daemon evaluates them on the workspace's asset graph), so a feature partition
+    written by the DataOps location satisfies the MLOps location's candidate condition.
+    """
+    return AutomationConditionSensorDefinition(
+        name,
+        target=target,
+        default_status=DefaultSensorStatus.RUNNING,
+        minimum_interval_seconds=AUTOMATION_INTERVAL_S,
+        run_tags=AUTOMATION_RUN_TAGS,
+        emit_backfills=False,
+        description="Evaluates the automation condition of every asset of this code location (see "
+        "factory_assets.platform.automation); running by default.",
+    )
+
+
+# The single-process definitions (factory_assets.definitions): one sensor over every asset.
+automation_sensor = automation_sensor_for(AUTOMATION_SENSOR, AssetSelection.all())

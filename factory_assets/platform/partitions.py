@@ -41,10 +41,15 @@ from dagster import (
 
 from factory_assets.platform import settings
 
+# The partitions definition is the shape of the asset graph, so its first day is the one setting read when
+# definitions load (FACTORY_PARTITION_START, through settings); everything a run does is resolved at run time.
 DAILY = DailyPartitionsDefinition(start_date=settings.partition_start(), timezone="UTC")
-WINDOW_DAYS = settings.window_days()
+# The graph's window: the lineage of training_window (and automation's look-back) spans this many days.  The
+# window a run actually reads is its own configuration (ModelPolicy.window_days; default FACTORY_WINDOW_DAYS
+# or the source's, resolved at run time), checked against the ledger by the step itself.
+WINDOW_DAYS = settings.DEFAULT_WINDOW_DAYS
 HOLDOUT_DAYS = settings.HOLDOUT_DAYS
-# Partition D of a windowed asset reads the WINDOW_DAYS days ending on D (inclusive).
+# Partition D of a windowed asset depends on the WINDOW_DAYS days ending on D (inclusive).
 ROLLING_WINDOW = TimeWindowPartitionMapping(start_offset=-(WINDOW_DAYS - 1), end_offset=0)
 
 # Every step that opens the DuckDB file shares this pool (limit 1 in dagster.yaml): DuckDB lets no other
@@ -177,6 +182,6 @@ def combine_check_results(per_day: Sequence[tuple[date, Sequence[AssetCheckResul
     return combined
 
 
-def window_start(end: date) -> date:
-    """First day of the training window that ends on ``end``."""
-    return end - timedelta(days=WINDOW_DAYS - 1)
+def window_start(end: date, days: int = WINDOW_DAYS) -> date:
+    """First day of the ``days``-day training window that ends on ``end``."""
+    return end - timedelta(days=days - 1)

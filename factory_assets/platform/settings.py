@@ -45,6 +45,7 @@ DEFAULT_SOURCE = "simulator"
 DEFAULT_PARTITION_START = "1996-01-01"
 SOURCE_NAMES: tuple[str, ...] = ("simulator", "online_retail", "movielens", "folder")
 SOURCE_WINDOW_DAYS: dict[str, int] = {"simulator": 28, "online_retail": 28, "movielens": 365, "folder": 28}
+DEFAULT_WINDOW_DAYS = 28  # the asset graph's window (lineage, automation look-back): a code constant
 # Long purchase history for the ranker (recsys.candidates.long_history): on for the wholesale log, whose
 # customers re-order on cycles longer than the window; off where the window already covers it (MovieLens) or
 # where old behaviour should fade fast (the simulator's preference shifts).
@@ -54,6 +55,7 @@ MAX_DAYS = 3660  # longest window or history in days (ten years): beyond it date
 
 # The project's instance configuration (pools, telemetry), copied into a fresh Dagster home.
 PROJECT_DAGSTER_YAML = Path(__file__).resolve().parents[2] / "dagster.yaml"
+PROJECT_WORKSPACE_YAML = PROJECT_DAGSTER_YAML.with_name("workspace.yaml")  # the two code locations
 
 
 def factory_home() -> Path:
@@ -162,7 +164,8 @@ def partition_start() -> str:
 def window_days(source: str | None = None) -> int:
     """Rolling training window in days: ``FACTORY_WINDOW_DAYS`` or the source's own default.
 
-    The window is part of the asset graph (a partition mapping), so it is read when definitions load.
+    Resolved when a run starts (``ModelPolicy``), never when definitions load: the graph's own window is
+    :data:`DEFAULT_WINDOW_DAYS`.
     """
     if "FACTORY_WINDOW_DAYS" in os.environ:
         raw = os.environ["FACTORY_WINDOW_DAYS"]
@@ -198,6 +201,29 @@ def history_days(source: str | None = None) -> int:
     return days
 
 
+def registry_url() -> str | None:
+    """The model registry's SQLAlchemy URL from ``FACTORY_REGISTRY_URL`` (e.g. ``postgresql+psycopg2://...``),
+    or None when unset or blank: the registry is then the SQLite file ``<home>/<source>/registry.db``.
+
+    Raises:
+        SettingsError (a ValueError): if the value has no ``dialect://`` scheme.
+    """
+    raw = os.environ.get("FACTORY_REGISTRY_URL", "").strip()
+    if not raw:
+        return None
+    if "://" not in raw:
+        raise SettingsError(f"FACTORY_REGISTRY_URL={raw!r} is not a SQLAlchemy URL (dialect[+driver]://...)")
+    return raw
+
+
+HOME_FORMAT = "2"  # 2: the model registry in its own store (registry.db), not in the warehouse
+FORMAT_MARKER = ".factory-format"
+
+
+class HomeFormatError(SettingsError):
+    """A factory home written by an older, incompatible layout."""
+
+
 @dataclass(frozen=True)
 class HomeLayout:
     """Paths of one source's namespace under a factory home."""
@@ -221,9 +247,30 @@ class HomeLayout:
     def aliases(self) -> Path:
         return self.root / "aliases"
 
+    @property
+    def format_marker(self) -> Path:
+        return self.root / FORMAT_MARKER
+
+    def check_format(self) -> None:
+        """Refuse a namespace written by an older layout (nothing is created or changed).
+
+        Raises:
+            HomeFormatError: ``warehouse.duckdb`` exists but the format marker does not (a home from before the
+                model registry moved to its own store); it is not migrated.
+        """
+        if self.warehouse.exists() and not self.format_marker.exists():
+            raise HomeFormatError(
+                f"{self.root} was written by an older factory_assets (model registry inside warehouse.duckdb) and "
+                f"is not migrated: use a new home (--home or FACTORY_HOME) or move this one away"
+            )
+
     def ensure(self) -> "HomeLayout":
+        """Create the namespace's folders and format marker (raises :class:`HomeFormatError` for an old home)."""
+        self.check_format()
         for path in (self.root, self.artefacts, self.aliases):
             path.mkdir(parents=True, exist_ok=True)
+        if not self.format_marker.exists():
+            self.format_marker.write_text(HOME_FORMAT + "\n", encoding="utf-8")
         return self
 
 
@@ -252,3 +299,60 @@ def dagster_home(home: Path | None = None) -> Path:
         shutil.copyfile(PROJECT_DAGSTER_YAML, target)
     os.environ["DAGSTER_HOME"] = str(path)
     return path
+
+
+def _seconds(name: str, default: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= 86400:
+        raise SettingsError(f"{name}={raw!r} is not a whole number of seconds in 1..86400")
+    return value
+
+
+def automation_interval_s() -> int:
+    """Seconds between two ticks of the automation sensors: ``FACTORY_AUTOMATION_INTERVAL_S`` (default 30).
+
+    A sensor's interval is part of its definition, so this is read when definitions load (like
+    :func:`partition_start` and :func:`executor_name`).
+    """
+    return _seconds("FACTORY_AUTOMATION_INTERVAL_S", 30)
+
+
+def alert_interval_s() -> int:
+    """Seconds between two ticks of the alert sensors: ``FACTORY_ALERT_INTERVAL_S`` (default 30; read at load)."""
+    return _seconds("FACTORY_ALERT_INTERVAL_S", 30)
+
+
+ALERT_WEBHOOK_ENV = "FACTORY_ALERT_WEBHOOK_URL"
+UI_URL_ENV = "FACTORY_UI_URL"
+DEFAULT_UI_URL = "http://127.0.0.1:3000"
+
+
+def alert_webhook_url() -> str:
+    """``FACTORY_ALERT_WEBHOOK_URL`` or the empty string (alerts off); read when an alert sensor ticks."""
+    return os.environ.get(ALERT_WEBHOOK_ENV, "")
+
+
+def ui_url() -> str:
+    """``FACTORY_UI_URL``: the Dagster UI's base URL for links in alerts (default ``http://127.0.0.1:3000``)."""
+    return os.environ.get(UI_URL_ENV, DEFAULT_UI_URL)
+
+
+def service_settings() -> dict[str, str | None]:
+    """The recommendation service's settings (read when ``factory serve`` starts), None where unset:
+
+    ``admin_token`` (``FACTORY_ADMIN_TOKEN``: bearer token of the admin calls; unset = every admin call gets 401),
+    ``landing`` (``FACTORY_SERVE_LANDING``: where served logs land as raw events), ``catalogue`` /
+    ``excluded`` (``FACTORY_SERVE_CATALOGUE`` / ``FACTORY_SERVE_EXCLUDED``: files of item ids, one per line).
+    """
+    return {
+        "admin_token": os.environ.get("FACTORY_ADMIN_TOKEN") or None,
+        "landing": os.environ.get("FACTORY_SERVE_LANDING") or None,
+        "catalogue": os.environ.get("FACTORY_SERVE_CATALOGUE") or None,
+        "excluded": os.environ.get("FACTORY_SERVE_EXCLUDED") or None,
+    }

@@ -1,0 +1,41 @@
+"""What every resource of the factory is scoped by: a home directory and a source namespace.
+
+``HomeScoped`` is the base of the resources of both halves (warehouse, event source, feature store, registry,
+artefact store).  Its fields default to ``None``, which means "the environment's value, resolved when a run
+uses the resource" (``FACTORY_HOME``, ``FACTORY_SOURCE`` through :mod:`factory_assets.platform.settings`,
+the only reader of the environment): importing definitions reads nothing, and a run launched from the UI,
+the daemon or ``factory run`` with the same run config does the same thing.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from dagster import ConfigurableResource
+from pydantic import Field
+
+from factory_assets.platform import settings
+from factory_assets.platform.settings import HomeLayout
+
+
+class HomeScoped(ConfigurableResource):
+    """A resource that lives under ``<home>/<source>/``."""
+
+    home: str | None = Field(default=None, description="factory home directory; default: FACTORY_HOME (at run time)")
+    source: str | None = Field(
+        default=None, description="simulator | online_retail | movielens | folder; default: FACTORY_SOURCE (at run time)"
+    )
+
+    @property
+    def source_name(self) -> str:
+        """The configured source, or ``FACTORY_SOURCE`` (raises ``SettingsError`` for an unknown name)."""
+        name = self.source or settings.source_name()
+        if name not in settings.SOURCE_NAMES:
+            raise settings.SettingsError(f"source {name!r} is not one of {', '.join(settings.SOURCE_NAMES)}")
+        return name
+
+    @property
+    def layout(self) -> HomeLayout:
+        """Paths of this source's namespace (nothing is created; call ``.ensure()``)."""
+        home = Path(self.home).expanduser().resolve() if self.home else settings.factory_home()
+        return HomeLayout(home, self.source_name)
