@@ -16,21 +16,20 @@ from datetime import date, datetime, timedelta, timezone
 import duckdb
 import pandas as pd
 
-from factory_assets.feature_store import store, views
+from factory_assets.feature_store import contract, store, views
 from factory_assets.data.warehouse import (
     INGESTION_LOG,
     LEDGER,
     QUARANTINE,
     RAW_EVENTS,
-    frame_data_version,
     ledger,
-    read_raw_partition,
+    partition_data_version,
     record_partition,
 )
 
 DERIVED_VIEWS = (store.USER_FEATURES, store.ITEM_FEATURES)  # built from several input partitions
 RETENTION_LOG = "retention_log"
-ERASURE_LOG = "erasure_log"
+ERASURE_LOG = contract.ERASURE_LOG  # read by the MLOps half through the contract
 FEATURE_TABLES: dict[str, str] = {
     store.USER_ITEM_DAILY: "day", store.ITEM_DAILY: "day", store.USER_FEATURES: "day", store.ITEM_FEATURES: "day",
 }
@@ -120,10 +119,12 @@ def erase_user(con: duckdb.DuckDBPyConnection, user_id: str, reason: str) -> dic
         rows = con.execute(f"SELECT count(*) FROM {_ident(RAW_EVENTS)} WHERE user_id = ?", [user_id]).fetchone()[0]
         con.execute(f"DELETE FROM {_ident(RAW_EVENTS)} WHERE user_id = ?", [user_id])
         con.execute(f"DELETE FROM {_ident(QUARANTINE)} WHERE user_id = ?", [user_id])
-        for day in days:
-            remaining = read_raw_partition(con, day)
-            version = frame_data_version(remaining.sort_values("event_id", kind="stable").reset_index(drop=True))
-            record_partition(con, RAW_EVENTS, day, version, len(remaining))
+        for day in days:  # the writer's version scheme: the same rows always give the same version
+            version = partition_data_version(con, day)
+            remaining = con.execute(
+                f"SELECT count(*) FROM {_ident(RAW_EVENTS)} WHERE partition_day = ?", [day]
+            ).fetchall()[0][0]
+            record_partition(con, RAW_EVENTS, day, version, int(remaining))
             new_versions[day.isoformat()] = version
         con.execute(
             f"INSERT INTO {ERASURE_LOG} VALUES (?, ?, ?, ?, ?)",

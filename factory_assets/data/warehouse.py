@@ -60,6 +60,34 @@ def frame_data_version(frame: pd.DataFrame, salt: str = "") -> str:
     return digest.hexdigest()
 
 
+#: Bumped when the way :func:`partition_data_version` hashes rows changes.
+_VERSION_SCHEME = "raw-rows/duckdb-hash/v1"
+_VERSION_SQL = f"""
+SELECT count(*), coalesce(sum(h1::HUGEINT), 0), coalesce(sum(h2::HUGEINT), 0), coalesce(bit_xor(h1), 0)
+FROM (SELECT hash({', '.join(EVENT_COLUMNS)}) AS h1, hash({', '.join(reversed(EVENT_COLUMNS))}) AS h2
+      FROM {RAW_EVENTS} WHERE partition_day = ?)
+"""
+
+
+def partition_data_version(con: duckdb.DuckDBPyConnection, day: date) -> str:
+    """Content hash of the stored ``raw_events`` rows of ``day`` (hex sha256), independent of row order.
+
+    Every row is hashed by DuckDB (``hash`` of its :data:`EVENT_COLUMNS`, in two column orders); the
+    version is the sha256 of the scheme, the column types, the row count and the 128-bit sums (plus the
+    xor) of those row hashes.  Equal multisets of rows give equal versions in any process or run (DuckDB's
+    ``hash`` has no per-process seed); a different row changes it except with probability ~2^-64.  The value
+    depends on DuckDB's hash function, so a DuckDB upgrade may change every version once (a re-materialise).
+    """
+    types = con.execute(
+        "SELECT string_agg(column_name || ':' || data_type, '|' ORDER BY ordinal_position) "
+        "FROM information_schema.columns WHERE table_name = ?",
+        [RAW_EVENTS],
+    ).fetchall()[0][0]
+    count, sum1, sum2, xor = con.execute(_VERSION_SQL, [day]).fetchall()[0]
+    digest = hashlib.sha256(f"{_VERSION_SCHEME}|{types}|{count}|{sum1}|{sum2}|{xor}".encode())
+    return digest.hexdigest()
+
+
 def write_raw_partition(
     con: duckdb.DuckDBPyConnection,
     day: date,
@@ -71,55 +99,95 @@ def write_raw_partition(
     """Atomically replace one day of raw events, its quarantine and its ingestion log; return the data version.
 
     Args:
-        events: validated events (:data:`EVENT_COLUMNS`, schema dtypes), all with ``ts`` on ``day``.
+        events: validated events (:data:`EVENT_COLUMNS`, schema dtypes), all with ``ts`` on ``day``; any
+            row order (the version does not depend on it; rows are stored in the order given).
         quarantined: the day's rejected rows (:data:`QUARANTINE_COLUMNS`).
         undated: rejected rows of no day; each ``(source_sha256, source_line, reason)`` is stored once
             (with ``partition_day`` NULL), however many days read the same file.
         files: what each landed file gave this day (``ingestion_log``, keyed by file sha256 and day).
 
+    The frame is read by DuckDB directly (registered, no copy through Python objects).  One transaction:
+    delete the day, insert events, quarantine and log rows, compute :func:`partition_data_version` of what
+    was inserted, record the ledger row.
+
+    Returns:
+        the day's data version (:func:`partition_data_version`).
+
     Raises:
         duckdb.Error: the transaction is rolled back and the previous version of the day stays.
     """
-    ordered = events.loc[:, list(EVENT_COLUMNS)].sort_values(["event_id"], kind="stable").reset_index(drop=True)
-    version = frame_data_version(ordered)
-    q = quarantined.loc[:, list(QUARANTINE_COLUMNS)].copy()
-    u = (undated if undated is not None else quarantined.iloc[0:0]).loc[:, list(QUARANTINE_COLUMNS)].copy()
-    columns = ", ".join(QUARANTINE_COLUMNS)
-    now = datetime.now(timezone.utc)
+    ordered = events if list(events.columns) == list(EVENT_COLUMNS) else events.loc[:, list(EVENT_COLUMNS)]
     con.execute("BEGIN TRANSACTION")
     try:
-        con.execute(f"DELETE FROM {RAW_EVENTS} WHERE partition_day = ?", [day])
-        con.execute(f"DELETE FROM {QUARANTINE} WHERE partition_day = ?", [day])
-        con.execute(f"DELETE FROM {INGESTION_LOG} WHERE partition_day = ?", [day])
+        delete_partition_rows(con, day)
         con.register("_new_events", ordered)
         con.execute(
             f"INSERT INTO {RAW_EVENTS} SELECT ?::DATE, {', '.join(EVENT_COLUMNS)} FROM _new_events", [day]
         )
-        con.register("_new_quarantine", q)
-        con.execute(f"INSERT INTO {QUARANTINE} SELECT ?::DATE, {columns} FROM _new_quarantine", [day])
-        con.register("_new_undated", u)
-        con.execute(
-            f"INSERT INTO {QUARANTINE} SELECT NULL, {columns} FROM _new_undated n WHERE NOT EXISTS ("
-            f"SELECT 1 FROM {QUARANTINE} q WHERE q.partition_day IS NULL AND q.source_sha256 IS NOT DISTINCT FROM "
-            "n.source_sha256 AND q.source_line IS NOT DISTINCT FROM n.source_line AND q.reason = n.reason)"
-        )
-        for f in files:
-            con.execute(
-                f"INSERT INTO {INGESTION_LOG} VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [f.sha256, day, f.name, f.size_bytes, f.rows_accepted, f.rows_quarantined, now],
-            )
+        insert_quarantine(con, day, quarantined, undated)
+        insert_ingestion_log(con, day, files)
+        version = partition_data_version(con, day)
         record_partition(con, RAW_EVENTS, day, version, len(ordered))
         con.execute("COMMIT")
     except BaseException:
         con.execute("ROLLBACK")
         raise
     finally:
-        for view in ("_new_events", "_new_quarantine", "_new_undated"):
-            try:
-                con.unregister(view)
-            except duckdb.Error:
-                pass
+        _unregister(con, "_new_events")
     return version
+
+
+def delete_partition_rows(con: duckdb.DuckDBPyConnection, day: date) -> None:
+    """Delete ``day`` from ``raw_events``, its dated quarantine and its ingestion log (inside the writer's
+    transaction; the ledger row is replaced by :func:`record_partition`)."""
+    for table in (RAW_EVENTS, QUARANTINE, INGESTION_LOG):
+        con.execute(f"DELETE FROM {table} WHERE partition_day = ?", [day])
+
+
+def insert_quarantine(
+    con: duckdb.DuckDBPyConnection, day: date, quarantined: pd.DataFrame, undated: pd.DataFrame | None = None
+) -> None:
+    """Insert the day's quarantine rows and the undated ones (inside the writer's transaction).
+
+    Args:
+        quarantined: rows of ``day`` (:data:`QUARANTINE_COLUMNS`), stored with ``partition_day = day``.
+        undated: rows of no day (:data:`QUARANTINE_COLUMNS`), stored with ``partition_day`` NULL, each
+            ``(source_sha256, source_line, reason)`` once however many days read the same file.
+    """
+    columns = ", ".join(QUARANTINE_COLUMNS)
+    q = quarantined.loc[:, list(QUARANTINE_COLUMNS)]
+    u = (undated if undated is not None else quarantined.iloc[0:0]).loc[:, list(QUARANTINE_COLUMNS)]
+    try:
+        if len(q):
+            con.register("_new_quarantine", q)
+            con.execute(f"INSERT INTO {QUARANTINE} SELECT ?::DATE, {columns} FROM _new_quarantine", [day])
+        if len(u):
+            con.register("_new_undated", u)
+            con.execute(
+                f"INSERT INTO {QUARANTINE} SELECT NULL, {columns} FROM _new_undated n WHERE NOT EXISTS ("
+                f"SELECT 1 FROM {QUARANTINE} q WHERE q.partition_day IS NULL AND q.source_sha256 IS NOT DISTINCT "
+                "FROM n.source_sha256 AND q.source_line IS NOT DISTINCT FROM n.source_line AND q.reason = n.reason)"
+            )
+    finally:
+        _unregister(con, "_new_quarantine", "_new_undated")
+
+
+def insert_ingestion_log(con: duckdb.DuckDBPyConnection, day: date, files: Sequence[FileIngest]) -> None:
+    """One ``ingestion_log`` row per landed file of ``day`` (inside the writer's transaction), stamped now (UTC)."""
+    now = datetime.now(timezone.utc)
+    for f in files:
+        con.execute(
+            f"INSERT INTO {INGESTION_LOG} VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [f.sha256, day, f.name, f.size_bytes, f.rows_accepted, f.rows_quarantined, now],
+        )
+
+
+def _unregister(con: duckdb.DuckDBPyConnection, *views: str) -> None:
+    for view in views:
+        try:
+            con.unregister(view)
+        except duckdb.Error:
+            pass
 
 
 def read_raw_partition(con: duckdb.DuckDBPyConnection, day: date) -> pd.DataFrame:

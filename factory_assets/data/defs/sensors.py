@@ -6,17 +6,27 @@ stale (their manifests name the old version).  The cursor maps file name -> sha2
 never requests anything twice and an edited one requests its days again.
 """
 
+import hashlib
 import json
+from pathlib import Path
 from datetime import date
 
 from dagster import RunRequest, SensorEvaluationContext, SensorResult, SkipReason, sensor, DefaultSensorStatus
 
+from factory_assets.data.resources import EventSourceResource
 from factory_assets.platform.partitions import DAILY
-from factory_assets.ml.recsys.artefact import sha256_file
-from factory_assets.resources import FactoryResource
 from factory_assets.data.sources.folder import landed_files, partitions_touched
 
 LANDED_FILES_SENSOR = "landed_files_sensor"
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of a file's bytes (read in 1 MiB blocks)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def plan_requests(files: dict[str, str], touched: dict[str, set[date]], cursor: dict[str, str], valid: set[str]) -> tuple[list[str], dict[str, str]]:
@@ -42,13 +52,13 @@ def plan_requests(files: dict[str, str], touched: dict[str, set[date]], cursor: 
     job_name="daily_ingest",
     description="Requests daily_ingest for exactly the days that new or changed landed files touch (folder source).",
 )
-def landed_files_sensor(context: SensorEvaluationContext, factory: FactoryResource):
-    if factory.source != "folder":
-        return SkipReason(f"the configured source is {factory.source!r}, not 'folder'")
+def landed_files_sensor(context: SensorEvaluationContext, event_source: EventSourceResource):
+    if event_source.source_name != "folder":
+        return SkipReason(f"the configured source is {event_source.source_name!r}, not 'folder'")
     cursor = json.loads(context.cursor) if context.cursor else {}
-    files = {path.name: sha256_file(path) for path in landed_files(factory.source_path)}
+    files = {path.name: sha256_file(path) for path in landed_files(event_source.path)}
     changed = {name for name, sha in files.items() if cursor.get(name) != sha}
-    touched = {path.name: partitions_touched(path) for path in landed_files(factory.source_path) if path.name in changed}
+    touched = {path.name: partitions_touched(path) for path in landed_files(event_source.path) if path.name in changed}
     valid = set(DAILY.get_partition_keys())
     keys, new_cursor = plan_requests(files, touched, cursor, valid)
     context.log.info(f"{len(changed)} new or changed file(s) touch {len(keys)} partition(s)")

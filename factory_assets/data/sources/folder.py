@@ -96,6 +96,7 @@ from factory_assets.data.sources.schema import (
     quarantine_rows,
     validate_events,
 )
+from factory_assets.data.sources.validation import utc_microseconds
 
 #: File name endings that are read (case-insensitive).
 SUFFIXES: tuple[str, ...] = (".csv", ".parquet")
@@ -111,12 +112,7 @@ SOURCE_COLUMNS: tuple[str, ...] = ("source_file", "source_line", "source_sha256"
 
 _DAY_US = 86_400_000_000
 _EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-_NAT = np.iinfo(np.int64).min
 _MAX_DETAIL = 300
-# a time followed by a UTC offset; such strings are parsed apart from naive ones (pandas would otherwise
-# give a naive string the offset of an aware string before it in the same call)
-_OFFSET = re.compile(r"[Tt ]\d[\d:.,]*\s*(?:[Zz]|[+-]\d{2}(?::?\d{2})?)\s*$")
 
 
 class FolderSource(EventSource):
@@ -173,7 +169,7 @@ class FolderSource(EventSource):
                 parts.append(rows)
         if parts:
             frame = pd.concat(parts, ignore_index=True)
-            events, quarantined = _validate(frame, day)
+            events, quarantined = validate_events(frame, day)
             quarantined = quarantined.sort_values(["source_file", "source_line"], kind="stable").reset_index(drop=True)
             read = frame["source_file"].value_counts()
             rejected = quarantined["source_file"].value_counts()
@@ -344,13 +340,6 @@ class _ParsedFile:
         }
 
 
-def _validate(frame: pd.DataFrame, day: date) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """:func:`validate_events` with ``value`` as objects (it fails on an emptied float64 ``value``)."""
-    if not len(frame):
-        return empty_events(), empty_quarantine()
-    return validate_events(frame.astype({"value": object}), day)
-
-
 _CACHE: OrderedDict[tuple[str, int, int], _ParsedFile] = OrderedDict()
 _CACHE_LOCK = threading.Lock()
 _CACHE_SIZE = 1024
@@ -447,7 +436,7 @@ def _parse_bytes(name: str, data: bytes) -> _ParsedFile:
     if not len(raw):
         return _ParsedFile(name, sha, len(data), data_rows, _empty_candidates(), {}, malformed)
 
-    us, unparseable = _utc_microseconds(raw["ts"])
+    us, unparseable = utc_microseconds(raw["ts"])
     before_1970 = ~unparseable & (us < 0)
     undated = [malformed]
     if unparseable.any():
@@ -726,45 +715,6 @@ def _cast_column(column: str, values: pa.ChunkedArray) -> pa.ChunkedArray:
 
 # ---------------------------------------------------------------------------------------------------------
 # Timestamps
-
-
-def _utc_microseconds(values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
-    """UTC microseconds since 1970 (int64, any year 1-9999) and an "unparseable" mask.
-
-    Accepts tz-aware or naive (= UTC) datetimes and ISO-8601 text with or without offset / ``Z``.
-    """
-    n = len(values)
-    if isinstance(values.dtype, pd.DatetimeTZDtype) or pd.api.types.is_datetime64_any_dtype(values.dtype):
-        ts = values if isinstance(values.dtype, pd.DatetimeTZDtype) else values.dt.tz_localize("UTC")
-        us = _as_us(ts.dt.tz_convert("UTC"))
-        return us, us == _NAT
-    us = np.full(n, _NAT, dtype="int64")
-    text = values.map(lambda v: v.strip() if isinstance(v, str) else None)
-    present = (text.notna() & (text != "")).to_numpy(dtype=bool)
-    aware = np.array([bool(p) and _OFFSET.search(s) is not None for p, s in zip(present, text)], dtype=bool)
-    for mask in (aware, present & ~aware):
-        if mask.any():
-            parsed = pd.to_datetime(text[mask], utc=True, errors="coerce", format="ISO8601")
-            us[mask] = _as_us(parsed)
-    for i in np.flatnonzero(present & (us == _NAT)):  # out of pandas' range (year 1, 9999) or odd spellings
-        us[i] = _python_iso(text.iloc[i])
-    return us, us == _NAT
-
-
-def _as_us(ts: pd.Series) -> np.ndarray:
-    """int64 UTC microseconds of a tz-aware Series (NaT -> min int64)."""
-    return ts.dt.tz_localize(None).astype("datetime64[us]").to_numpy().view("int64").copy()
-
-
-def _python_iso(text: str) -> int:
-    """Microseconds since 1970 of one ISO-8601 string by :meth:`datetime.fromisoformat` (min int64 if bad)."""
-    try:
-        stamp = datetime.fromisoformat(text[:-1] + "Z" if text.endswith("z") else text)
-    except ValueError:
-        return _NAT
-    if stamp.tzinfo is None:
-        stamp = stamp.replace(tzinfo=timezone.utc)
-    return (stamp - _EPOCH) // timedelta(microseconds=1)
 
 
 def _raw_text(value: object) -> str | None:

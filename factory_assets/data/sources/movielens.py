@@ -144,26 +144,16 @@ class _Parsed:
 
     def fetch_day(self, day: date) -> DayBatch:
         a, b = self.slices.get(day.toordinal() - _EPOCH_ORDINAL, (0, 0))
-        events, invalid = _validate(self.candidates.iloc[a:b], day)
+        events, invalid = validate_events(self.candidates.iloc[a:b], day)
         return DayBatch(events=events, quarantined=invalid.loc[:, list(QUARANTINE_COLUMNS)])
 
     def fetch_all(self) -> DayBatch:
-        events, invalid = _validate(self.candidates, None)
+        events, invalid = validate_events(self.candidates, None)
         frames = [f for f in (self.undated, invalid) if len(f)]
         quarantined = (
             pd.concat(frames, ignore_index=True).astype({"source_line": "Int64"}) if frames else empty_quarantine()
         )
         return DayBatch(events=events, quarantined=quarantined.loc[:, list(QUARANTINE_COLUMNS)])
-
-
-def _validate(frame: pd.DataFrame, day: date | None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """:func:`validate_events`, with ``value`` handed over as objects.
-
-    Work-around: ``validate_events`` raises ``UFuncTypeError`` when no row is left before its ``bad_value``
-    step and ``value`` is float64 (it adds ``"value="`` to an empty float Series).  Object dtype avoids it;
-    the accepted frame still gets ``float64`` values.
-    """
-    return validate_events(frame.astype({"value": object}), day)
 
 
 _CACHE: OrderedDict[tuple, _Parsed] = OrderedDict()

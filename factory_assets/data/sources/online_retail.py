@@ -76,6 +76,7 @@ from factory_assets.data.sources.schema import (
     quarantine_rows,
     validate_events,
 )
+from factory_assets.data.sources.validation import utc_microseconds
 
 LOCAL_TZ = "Europe/London"
 
@@ -228,29 +229,19 @@ class _Parsed:
     def fetch_day(self, day: date) -> DayBatch:
         n = day.toordinal() - _EPOCH_ORDINAL
         a, b = self.cand_slices.get(n, (0, 0))
-        events, invalid = _validate(self.candidates.iloc[a:b], day)
+        events, invalid = validate_events(self.candidates.iloc[a:b], day)
         qa, qb = self.q_slices.get(n, (0, 0))
         rejected = _quarantine_of(self.rejected.iloc[qa:qb])
         return DayBatch(events=events, quarantined=concat_quarantine([rejected, invalid]))
 
     def fetch_all(self) -> DayBatch:
-        events, invalid = _validate(self.candidates, None)
+        events, invalid = validate_events(self.candidates, None)
         rejected = _quarantine_of(self.rejected)
         return DayBatch(events=events, quarantined=concat_quarantine([rejected, self.undated, invalid]))
 
     def days(self) -> list[date]:
         numbers = sorted(set(self.cand_slices) | set(self.q_slices))
         return [date.fromordinal(n + _EPOCH_ORDINAL) for n in numbers]
-
-
-def _validate(frame: pd.DataFrame, day: date | None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """:func:`validate_events`, with ``value`` handed over as objects.
-
-    Work-around: ``validate_events`` raises ``UFuncTypeError`` when no row is left before its ``bad_value``
-    step and ``value`` is float64 (it adds ``"value="`` to an empty float Series).  Object dtype avoids it;
-    the accepted frame still gets ``float64`` values.
-    """
-    return validate_events(frame.astype({"value": object}), day)
 
 
 _CACHE: OrderedDict[tuple, _Parsed] = OrderedDict()
@@ -516,8 +507,9 @@ def _utc_times(values: pd.Series) -> tuple[pd.Series, np.ndarray, np.ndarray, np
         text = uniq[is_str].str.strip()
         with_offset = text.str.contains(_OFFSET_RE, regex=True)
         aware_text = text[with_offset]
-        if len(aware_text):
-            utc[aware_text.index] = pd.to_datetime(aware_text, utc=True, errors="coerce", format="ISO8601")
+        if len(aware_text):  # the sources' one ISO-8601 parser (validation.utc_microseconds)
+            us, _ = utc_microseconds(aware_text)
+            utc[aware_text.index] = pd.Series(us.view("datetime64[us]"), index=aware_text.index).dt.tz_localize("UTC")
         plain = text[~with_offset]
         parsed = pd.to_datetime(plain, errors="coerce", format="ISO8601")
         for fmt in ("%m/%d/%Y %H:%M", "%m/%d/%Y %H:%M:%S"):

@@ -26,7 +26,6 @@ The HTTP service refuses ids that are not printable (422), so an id with one is 
 from __future__ import annotations
 
 import math
-import re
 from datetime import date, datetime, time, timedelta, timezone
 
 import numpy as np
@@ -140,100 +139,20 @@ def _to_text(value: object) -> str | None:
 def validate_events(frame: pd.DataFrame, day: date | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Split raw rows into accepted events (schema dtypes) and quarantined rows with a reason.
 
-    Args:
-        frame: rows with at least the :data:`EVENT_COLUMNS` (any dtypes; ``ts`` may be text with or
-            without an offset, naive text is read as UTC).  Optional ``source_file``/``source_line``
-            columns are carried into the quarantine.
-        day: when given, rows whose ``ts`` is outside that UTC day are quarantined
-            (``ts_outside_partition``).
-
-    Each id (``event_id``, ``user_id``, ``item_id``) must be non-empty (``missing_id``), at most
-    :data:`MAX_ID_LENGTH` characters (``id_too_long``) and free of control characters
-    (``id_control_character``, the detail names the field and the first such character, e.g.
-    ``"user_id contains a control character (LF)"``).  The checks run vectorised, column by column.
+    The one implementation every source uses: :func:`factory_assets.data.sources.validation.validate_events`
+    (checks as one DuckDB query; see there for the checks, their order, shapes, dtypes and errors).
 
     Returns:
-        ``(accepted, quarantined)``; accepted has exactly :data:`EVENT_COLUMNS` with the documented dtypes,
-        sorted by ``(ts, event_id)``.  Every input row is in exactly one of the two.
+        ``(accepted, quarantined)``: accepted has exactly :data:`EVENT_COLUMNS` with the documented dtypes,
+        sorted by ``(ts, event_id)``; quarantined has :data:`QUARANTINE_COLUMNS`.  Every input row is in
+        exactly one of the two.
 
     Raises:
         ValueError: if a required column is missing (the message names it).
     """
-    missing = [c for c in EVENT_COLUMNS if c not in frame.columns]
-    if missing:
-        raise ValueError(f"events are missing required column(s) {missing}; got {list(frame.columns)}")
-    rest = frame.reset_index(drop=True).copy()
-    rejected: list[pd.DataFrame] = []
+    from factory_assets.data.sources.validation import validate_events as _validate_events
 
-    def reject(mask: pd.Series, reason: str, detail: str | pd.Series) -> None:
-        nonlocal rest
-        if mask.any():
-            d = detail[mask] if isinstance(detail, pd.Series) else detail
-            rejected.append(quarantine_rows(rest[mask], reason, d))
-            rest = rest[~mask]
-
-    for column in ("event_id", "user_id", "item_id"):
-        text = rest[column].map(_to_text)
-        stripped = text.map(lambda s: s.strip() if isinstance(s, str) else s)
-        reject(stripped.isna() | (stripped == ""), "missing_id", f"{column} is null or empty")
-        rest[column] = rest[column].map(_to_text).astype(object)  # object even when no row is left
-        reject(rest[column].str.len() > MAX_ID_LENGTH, "id_too_long", f"{column} longer than {MAX_ID_LENGTH}")
-        control = rest[column].str.contains(_CONTROL, regex=True, na=False).astype(bool)
-        if control.any():
-            first = rest[column].str.extract(f"({_CONTROL})", expand=False).map(_CONTROL_NAMES)
-            detail = f"{column} contains a control character (" + first.fillna("?") + ")"
-            reject(control, "id_control_character", detail)
-
-    etype = rest["event_type"].map(_to_text).str.strip().str.lower()
-    reject(~etype.isin(EVENT_TYPES), "unknown_event_type", "event_type=" + etype.fillna("<null>").astype(str))
-    rest["event_type"] = rest["event_type"].map(_to_text).str.strip().str.lower()
-
-    ts = _parse_utc(rest["ts"])
-    reject(ts.isna(), "bad_timestamp", "ts=" + rest["ts"].map(_to_text).fillna("<null>").astype(str))
-    rest["ts"] = _parse_utc(rest["ts"])
-    if day is not None:
-        start, end = day_bounds(day)
-        outside = (rest["ts"] < start) | (rest["ts"] >= end)
-        reject(outside, "ts_outside_partition", f"ts not in [{start.isoformat()}, {end.isoformat()})")
-
-    quantity = pd.to_numeric(rest["quantity"], errors="coerce")
-    integral = quantity.notna() & np.isfinite(quantity) & (quantity == np.floor(quantity.fillna(0)))
-    bad_q = ~integral | (quantity <= 0) | (quantity > MAX_QUANTITY)
-    reject(bad_q, "bad_quantity", "quantity=" + rest["quantity"].map(_to_text).fillna("<null>").astype(str))
-    rest["quantity"] = pd.to_numeric(rest["quantity"]).astype("int64")
-
-    value = pd.to_numeric(rest["value"], errors="coerce").astype("float64")
-    reject(~np.isfinite(value), "bad_value", "value=" + rest["value"].map(_to_text).fillna("<null>").astype(str))
-    rest["value"] = pd.to_numeric(rest["value"]).astype("float64")
-
-    reject(rest["event_id"].duplicated(keep="first"), "duplicate_event_id", "event_id=" + rest["event_id"])
-
-    accepted = rest.loc[:, list(EVENT_COLUMNS)].sort_values(["ts", "event_id"], kind="stable")
-    accepted = accepted.reset_index(drop=True).astype(
-        {"event_id": object, "user_id": object, "item_id": object, "event_type": object, "quantity": "int64"}
-    )
-    accepted["ts"] = accepted["ts"].astype("datetime64[us, UTC]")
-    quarantined = pd.concat(rejected, ignore_index=True) if rejected else empty_quarantine()
-    return accepted, quarantined
-
-
-def _parse_utc(values: pd.Series) -> pd.Series:
-    """Parse timestamps to tz-aware UTC; naive values are taken as UTC, unparseable ones become NaT."""
-    if isinstance(values.dtype, pd.DatetimeTZDtype):
-        return values.dt.tz_convert("UTC")
-    if pd.api.types.is_datetime64_any_dtype(values.dtype):
-        return values.dt.tz_localize("UTC")
-    # pandas' ISO8601 parser gives a naive string the offset of the aware string before it in the same
-    # call, so strings with an explicit offset are parsed apart from the rest.
-    aware = values.map(lambda v: isinstance(v, str) and _OFFSET.search(v) is not None).astype(bool)
-    out = pd.Series(pd.NaT, index=values.index, dtype="datetime64[ns, UTC]")
-    for mask in (aware, ~aware):
-        if mask.any():
-            out[mask] = pd.to_datetime(values[mask], utc=True, errors="coerce", format="ISO8601")
-    return out
-
-
-_OFFSET = re.compile(r"[Tt ]\d[\d:.,]*\s*(?:[Zz]|[+-]\d{2}(?::?\d{2})?)\s*$")  # a time followed by a UTC offset
+    return _validate_events(frame, day)
 
 
 def concat_quarantine(frames: list[pd.DataFrame]) -> pd.DataFrame:
