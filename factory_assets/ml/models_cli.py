@@ -7,28 +7,33 @@
 
 Common options: ``--json`` (standard output is exactly one JSON document, logs go to standard error),
 ``--home`` (default ``FACTORY_HOME``), ``--source`` (default ``FACTORY_SOURCE``), ``--timeout SECONDS``
-(how long to wait for the warehouse lock, default 10).
+(how long ``show`` waits for the warehouse lock to read the lineage, default 10).
 
 ``list``     every version: ``version``, ``partition``, ``status``, ``ndcg_at_10``, ``created_at``, ``reason``
              and whether the ``champion`` / ``shadow`` alias names it.
 ``show``     one version: its registry row, the aliases naming it, the integrity of its manifest and
              artefacts, the manifest, metrics, gate results, its history (``model_events``) and its lineage:
              the feature partitions of its window with the data versions it was trained on and whether each is
-             still current (:func:`factory_assets.data.contract.stale_inputs`), and the raw event partitions
-             beneath them.
+             still current (:func:`factory_assets.feature_store.contract.stale_inputs`), and the raw event
+             partitions beneath them.
 ``diff``     metrics of A and B side by side with ``delta = B - A``, the parameters that differ and the input
              partitions whose data versions differ (or that only one of them read).
-``rollback`` restores the previous eligible champion (or ``--to VERSION``) through
-             :func:`factory_assets.ml.registry.rollback`; recorded as ``rolled_back`` with the actor
-             (default ``$USER``, else ``cli``) and the reason.
+``rollback`` restores the previous eligible champion (or ``--to VERSION``): a run of the ``rollback_champion``
+             job (``served_model`` with ``action=rollback``) executed in this process against the home's
+             Dagster instance, so the catalog's latest ``served_model`` materialization names the restored
+             version; recorded as ``rolled_back`` with the actor (default ``$USER``, else ``cli``) and the
+             reason.
 
-Reads use short read-only DuckDB connections and ``rollback`` a short read-write one.  DuckDB lets no other
-process open the file while a writer (a Dagster run in the ``warehouse`` pool) holds it, so opening is retried
-with exponential back-off for ``--timeout`` seconds, then the command stops with a message naming the lock
-(exit status 3).  Which version is champion or shadow is read from the alias files, without a connection.
+The registry is its own store (:mod:`factory_assets.ml.registry`: ``<home>/<source>/registry.db`` or
+``FACTORY_REGISTRY_URL``), never the warehouse: ``list``, ``diff`` and ``rollback`` never wait for the
+warehouse's DuckDB lock.  Only ``show``'s lineage reads the feature store's ledger, on a short read-only
+DuckDB connection retried for ``--timeout`` seconds; when the warehouse stays locked (or is missing) ``show``
+still answers, with ``lineage`` None and ``lineage_error`` saying why.  Which version is champion or shadow
+is read from the alias files, without a connection.
 
 Exit status: 0 done; 1 refused or not found (unknown version, rejected rollback target, ...); 3 the warehouse
-stayed locked.  With ``--json`` a failure is also one JSON document: ``{"error": {"kind", "message"}}``.
+stayed locked (no longer returned by these commands; kept for callers of :func:`open_warehouse`).  With
+``--json`` a failure is also one JSON document: ``{"error": {"kind", "message"}}``.
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ from datetime import date, datetime
 from pathlib import Path
 
 import duckdb
+import sqlalchemy as sa
 
 from factory_assets.platform import settings
 from factory_assets.ml import registry
@@ -128,9 +134,34 @@ def open_warehouse(
         con.close()
 
 
-def _has_registry(con: duckdb.DuckDBPyConnection) -> bool:
-    tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
-    return {registry.VERSIONS, registry.EVENTS} <= tables
+def registry_url(layout: HomeLayout) -> str:
+    """The registry of ``layout``: ``FACTORY_REGISTRY_URL`` or ``sqlite:///<home>/<source>/registry.db``."""
+    return settings.registry_url() or registry.default_url(layout.root)
+
+
+@contextmanager
+def open_registry(layout: HomeLayout) -> Iterator[sa.engine.Connection | None]:
+    """A registry connection, or None when the default SQLite registry file does not exist yet (nothing was
+    registered; nothing is created then).
+
+    Raises:
+        CommandError(kind="not_found"): the home's source folder does not exist (wrong --home/--source);
+        CommandError(kind="registry_unavailable"): the store cannot be reached.
+    """
+    url = registry_url(layout)
+    if not settings.registry_url():
+        if not layout.root.exists():
+            raise CommandError(f"no factory home at {layout.root} (wrong --home/--source, or nothing ingested yet)",
+                               kind="not_found")
+        if not (layout.root / registry.REGISTRY_FILE).exists():
+            yield None
+            return
+    try:
+        with registry.connect(url) as con:
+            yield con
+    except sa.exc.OperationalError as exc:
+        raise CommandError(f"the model registry {sa.engine.make_url(url).render_as_string(hide_password=True)} "
+                           f"cannot be used: {exc.orig}", kind="registry_unavailable") from exc
 
 
 def _rows(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None) -> list[dict]:
@@ -179,8 +210,10 @@ def list_versions(layout: HomeLayout, timeout_s: float = DEFAULT_LOCK_TIMEOUT_S)
     """
     aliases = _aliases(layout)
     champion, shadow = _alias_version(aliases[registry.CHAMPION]), _alias_version(aliases[registry.SHADOW])
-    with open_warehouse(layout.warehouse, timeout_s=timeout_s) as con:
-        rows = _rows(con, f"SELECT * FROM {registry.VERSIONS} ORDER BY version") if _has_registry(con) else []
+    with open_registry(layout) as con:
+        rows = [] if con is None else [
+            dict(r) for r in con.execute(sa.select(registry.versions_table).order_by(registry.versions_table.c.version)).mappings()
+        ]
     versions = []
     for row in map(_version_dict, rows):
         versions.append({
@@ -196,19 +229,21 @@ def list_versions(layout: HomeLayout, timeout_s: float = DEFAULT_LOCK_TIMEOUT_S)
             "shadow": int(row["version"]) == shadow,
         })
     return {
-        "source": layout.source, "warehouse": str(layout.warehouse), "champion": champion, "shadow": shadow,
+        "source": layout.source, "registry": sa.engine.make_url(registry_url(layout)).render_as_string(hide_password=True),
+        "champion": champion, "shadow": shadow,
         "alias_errors": aliases["errors"], "versions": versions,
     }
 
 
-def _get_row(con: duckdb.DuckDBPyConnection, version: int) -> dict:
-    if not _has_registry(con):
+def _get_row(con: sa.engine.Connection | None, version: int) -> dict:
+    if con is None:
         raise CommandError(f"model version {version} is not in the registry (no model was registered yet)", kind="not_found")
-    rows = _rows(con, f"SELECT * FROM {registry.VERSIONS} WHERE version = ?", [version])
-    if not rows:
-        known = [r[0] for r in con.execute(f"SELECT version FROM {registry.VERSIONS} ORDER BY 1").fetchall()]
+    t = registry.versions_table
+    row = con.execute(sa.select(t).where(t.c.version == version)).mappings().fetchone()
+    if row is None:
+        known = [int(r[0]) for r in con.execute(sa.select(t.c.version).order_by(t.c.version)).fetchall()]
         raise CommandError(f"model version {version} is not in the registry (known: {known})", kind="not_found")
-    return _version_dict(rows[0])
+    return _version_dict(dict(row))
 
 
 def _read_manifest(row: dict) -> tuple[dict | None, dict]:
@@ -301,21 +336,29 @@ def show_version(layout: HomeLayout, version: int, timeout_s: float = DEFAULT_LO
         "from_status", "to_status", "reason"}], "lineage": {"window", "feature_versions",
         "feature_partitions": [{"asset", "partition", "data_version", "row_count", "current_data_version",
         "current"}], "event_partitions": [{"asset", "partition", "data_version", "row_count",
-        "matches_training"}], "stale", "current"}}``.  ``lineage`` is None when the manifest is unreadable.
+        "matches_training"}], "stale", "current"}, "lineage_error": str | None}``.  ``lineage`` is None when
+        the manifest is unreadable, or the warehouse is missing or stayed locked for ``timeout_s`` seconds
+        (``lineage_error`` says which; the rest is answered from the registry and the files).
     Raises:
-        CommandError(kind="not_found"): unknown version; WarehouseLocked: see :func:`open_warehouse`.
+        CommandError(kind="not_found"): unknown version.
     """
     aliases = _aliases(layout)
-    with open_warehouse(layout.warehouse, timeout_s=timeout_s) as con:
+    with open_registry(layout) as con:
         row = _get_row(con, version)
-        manifest, integrity = _read_manifest(row)
-        history = _rows(
-            con,
-            f"SELECT changed_at, action, from_status, to_status, reason FROM {registry.EVENTS} "
-            "WHERE version = ? ORDER BY changed_at, rowid",
-            [version],
-        )
-        lineage = _lineage(con, manifest) if manifest is not None else None
+        t = registry.events_table.c
+        history = [dict(r) for r in con.execute(
+            sa.select(t.changed_at, t.action, t.from_status, t.to_status, t.reason)
+            .where(t.version == version).order_by(t.changed_at, t.event_id)
+        ).mappings()]
+    manifest, integrity = _read_manifest(row)
+    lineage, lineage_error = None, None
+    if manifest is not None:
+        try:
+            with open_warehouse(layout.warehouse, timeout_s=timeout_s) as wh:
+                lineage = _lineage(wh, manifest)
+        except CommandError as exc:  # missing or locked warehouse: the lineage only
+            lineage_error = str(exc)
+            log.warning("lineage of v%s not read: %s", version, exc)
     metrics = row["metrics"] or {}
     return {
         "version": int(row["version"]),
@@ -335,6 +378,7 @@ def show_version(layout: HomeLayout, version: int, timeout_s: float = DEFAULT_LO
         "verdict": metrics.get("verdict"),
         "history": history,
         "lineage": lineage,
+        "lineage_error": lineage_error,
     }
 
 
@@ -354,9 +398,9 @@ def diff_versions(layout: HomeLayout, a: int, b: int, timeout_s: float = DEFAULT
         ``"inputs": {"differ": [{"asset", "partition", "a", "b"}], "same": int}`` (data versions; None where a
         version did not read that partition)}``.
     Raises:
-        CommandError(kind="not_found"): an unknown version; WarehouseLocked: see :func:`open_warehouse`.
+        CommandError(kind="not_found"): an unknown version.
     """
-    with open_warehouse(layout.warehouse, timeout_s=timeout_s) as con:
+    with open_registry(layout) as con:
         rows = {"a": _get_row(con, a), "b": _get_row(con, b)}
     manifests = {k: _read_manifest(r)[0] or {} for k, r in rows.items()}
     model = {k: _model_metrics(r["metrics"]) for k, r in rows.items()}
@@ -407,37 +451,100 @@ def diff_versions(layout: HomeLayout, a: int, b: int, timeout_s: float = DEFAULT
 def rollback_champion(
     layout: HomeLayout, reason: str, actor: str, to_version: int | None = None, timeout_s: float = DEFAULT_LOCK_TIMEOUT_S
 ) -> dict:
-    """Restore the previous eligible champion (or ``to_version``) on a short read-write connection.
+    """Restore the previous eligible champion (or ``to_version``) through a Dagster run.
 
-    Goes through :func:`registry.rollback` (the target defaults to the champion stack's previous
-    entry, so repeated rollbacks walk back; see :func:`registry.champion_stack`), which verifies the target's
-    manifest and served artefact before moving the alias.
+    Picks and checks the target on the registry (the champion stack's previous entry by default, so repeated
+    rollbacks walk back: :func:`registry.champion_stack`; its manifest and served artefact must verify), then
+    executes the ``rollback_champion`` job (``served_model`` with ``action=rollback``, partition = the
+    target's ``partition_day``) in this process against the home's Dagster instance
+    (:func:`factory_assets.platform.settings.dagster_home`), so the instance's latest ``served_model``
+    materialization names the restored version.  Never touches the warehouse.  ``timeout_s`` is unused (the
+    registry's own busy timeout applies); kept for callers.
 
     Returns:
-        ``{"rolled_back": True, "from_version", "to_version", "actor", "reason", "champion": pointer}``.
+        ``{"rolled_back": True, "from_version", "to_version", "actor", "reason", "champion": pointer,
+        "run_id": str}``.
     Raises:
-        CommandError: no champion, no eligible earlier champion, an unknown, rejected or erased-data target,
-            the target already serving, or a target whose files fail verification (nothing changes);
-            WarehouseLocked: see :func:`open_warehouse`.
+        CommandError: an empty reason, no champion, no eligible earlier champion, an unknown, rejected or
+            erased-data target, the target already serving, a target whose files fail verification, or a
+            failed run (nothing changes then).
     """
-    from factory_assets.ml.recsys.artefact import ArtefactIntegrityError
+    from factory_assets.ml.defs.served import rollback_target
+    from factory_assets.ml.recsys.artefact import ArtefactIntegrityError, load_manifest_model
 
     if not reason.strip():
         raise CommandError("--reason must not be empty: it is recorded in the history")
-    with open_warehouse(layout.warehouse, read_only=False, timeout_s=timeout_s) as con:
-        if not _has_registry(con):
+    with open_registry(layout) as con:
+        if con is None or registry.versions(con).empty:
             raise CommandError("there is no champion to roll back from (no model was registered yet)")
         try:
-            pointer = registry.rollback(con, layout.aliases, reason, actor, to_version)
+            current, target = rollback_target(con, layout.aliases, to_version)
+            row = registry.version_row(con, target)
         except (LookupError, ValueError) as exc:
             raise CommandError(f"rollback refused: {exc}") from exc
-        except (ArtefactIntegrityError, FileNotFoundError) as exc:
-            raise CommandError(f"rollback refused: version {to_version} failed verification: {exc}") from exc
-    log.info("rolled back from v%s to v%s by %s", pointer["previous_version"], pointer["version"], actor)
+    try:
+        load_manifest_model(row["manifest_path"], "served", row["manifest_sha256"])
+    except (ArtefactIntegrityError, FileNotFoundError) as exc:
+        raise CommandError(f"rollback refused: version {to_version} failed verification: {exc}") from exc
+    result = run_served_model(layout, "rollback", target, row["partition_day"], reason, actor)
+    pointer = registry.read_alias(layout.aliases)
+    log.info("rolled back from v%s to v%s by %s (run %s)", pointer["previous_version"], pointer["version"], actor,
+             result.run_id)
     return {
         "rolled_back": True, "from_version": pointer["previous_version"], "to_version": pointer["version"],
-        "actor": actor, "reason": reason, "champion": pointer,
+        "actor": actor, "reason": reason, "champion": pointer, "run_id": result.run_id,
     }
+
+
+def run_served_model(layout: HomeLayout, action: str, version: int, partition: str, reason: str, actor: str):
+    """Execute one ``served_model`` run in this process against the home's Dagster instance.
+
+    ``action`` ``rollback`` runs the ``rollback_champion`` job, others an ad-hoc asset job over ``served_model``;
+    the resources are scoped to ``layout`` (and ``FACTORY_REGISTRY_URL``).
+
+    Returns:
+        the ``ExecuteInProcessResult`` of a successful run.
+    Raises:
+        CommandError: the run failed (the message is the step's failure description, e.g. "rollback refused:
+            ...").
+    """
+    from dagster import DagsterInstance, Definitions, define_asset_job
+
+    from factory_assets.ml.defs.jobs import ROLLBACK_JOB, rollback_champion as rollback_job
+    from factory_assets.ml.defs.served import served_model, served_model_run_config
+    from factory_assets.ml.resources import ArtefactStore, RegistryResource
+
+    home, source = str(layout.home), layout.source
+    job_name = ROLLBACK_JOB if action == "rollback" else f"served_model_{action}"
+    job = rollback_job if action == "rollback" else define_asset_job(job_name, selection=[served_model])
+    defs = Definitions(
+        assets=[served_model], jobs=[job],
+        resources={"registry": RegistryResource(home=home, source=source, url=registry_url(layout)),
+                   "artefacts": ArtefactStore(home=home, source=source)},
+    )
+    previous = os.environ.get("DAGSTER_HOME")
+    settings.dagster_home(layout.home)  # creates <home>/dagster (or uses $DAGSTER_HOME) and points Dagster at it
+    try:
+        with DagsterInstance.get() as instance:
+            result = defs.resolve_job_def(job_name).execute_in_process(
+                run_config=served_model_run_config(action, version, reason, actor),
+                instance=instance, partition_key=partition, raise_on_error=False,
+                tags={"factory/action": action, "factory/actor": actor},
+            )
+    finally:
+        if previous is None:
+            os.environ.pop("DAGSTER_HOME", None)
+        else:
+            os.environ["DAGSTER_HOME"] = previous
+    if not result.success:
+        failures = [e for e in result.all_events if e.is_step_failure]
+        message = "; ".join(
+            (getattr(e.event_specific_data.error, "message", "") or "").strip().splitlines()[0] for e in failures
+        ) or f"the {job_name} run {result.run_id} failed"
+        for prefix in ("dagster._core.definitions.events.Failure: ", "Failure: "):
+            message = message.replace(prefix, "")
+        raise CommandError(message)
+    return result
 
 
 # --------------------------------------------------------------------------- output
@@ -471,7 +578,7 @@ def _fmt(value, digits: int = 4) -> str:
 
 
 def _print_list(doc: dict, out) -> None:
-    print(f"{doc['source']}: {len(doc['versions'])} versions in {doc['warehouse']}; champion "
+    print(f"{doc['source']}: {len(doc['versions'])} versions in {doc['registry']}; champion "
           f"{'v' + str(doc['champion']) if doc['champion'] else 'none'}, shadow "
           f"{'v' + str(doc['shadow']) if doc['shadow'] else 'none'}", file=out)
     for alias, message in doc["alias_errors"].items():
@@ -498,6 +605,8 @@ def _print_show(doc: dict, out) -> None:
     for h in doc["history"]:
         print(f"    {str(h['changed_at'])[:19]}  {h['action']:12} {h['from_status'] or '-'} -> {h['to_status']}: {h['reason']}", file=out)
     lineage = doc["lineage"]
+    if doc.get("lineage_error"):
+        print(f"  lineage not read: {doc['lineage_error']}", file=out)
     if lineage:
         w = lineage["window"]
         n_stale = len(lineage["stale"])
@@ -541,7 +650,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     common.add_argument("--home", help="FACTORY_HOME (default: $FACTORY_HOME or ./.factory_home)")
     common.add_argument("--source", choices=settings.SOURCE_NAMES, help="default: $FACTORY_SOURCE or simulator")
     common.add_argument("--timeout", type=float, default=DEFAULT_LOCK_TIMEOUT_S, metavar="SECONDS",
-                        help=f"how long to wait while another process holds the warehouse (default {DEFAULT_LOCK_TIMEOUT_S:g})")
+                        help="how long `show` waits for the warehouse lock to read the lineage "
+                        f"(default {DEFAULT_LOCK_TIMEOUT_S:g})")
     models = subparsers.add_parser("models", help="list, show, diff model versions; roll the champion back",
                                    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = models.add_subparsers(dest="models_command", required=True)

@@ -1,4 +1,4 @@
-"""The model registry: versions and their history in the warehouse, aliases as small JSON pointer files.
+"""The model registry: versions and their history in a SQL store, aliases as small JSON pointer files.
 
 A version is one trained candidate: a monotonic integer id, the sha256 of its manifest (its identity), the
 partition day it was trained for, a status and the reason for it.  Statuses:
@@ -14,20 +14,31 @@ partition day it was trained for, a status and the reason for it.  Statuses:
 Every status change is appended to ``model_events`` (who/what/why), so the promotion history is never lost.
 Re-registering a manifest the registry already holds (a re-run of the same day that reproduced identical
 bytes) may only re-decide a version that never served: see :func:`register` for the transitions.
+Where it lives: its own SQL store, never the warehouse.  By default the SQLite file
+``<home>/<source>/registry.db`` (:func:`default_url`; WAL journal and a busy timeout, so several processes --
+Dagster runs, ``factory models``, the service's ``/admin/rollback`` -- read and write it concurrently);
+in a deployment any SQLAlchemy URL (PostgreSQL), from ``FACTORY_REGISTRY_URL`` or the ``registry`` resource.
+Every function takes a :class:`sqlalchemy.engine.Connection` from :func:`connect` (autocommit: each call's
+writes are committed when it returns; multi-row changes run in one transaction).  Values are always bound
+parameters.  Times are UTC (``datetime`` with ``tzinfo=UTC``), days ``datetime.date``.
+
 The ``champion`` alias is ``<home>/<source>/aliases/champion.json`` (``version``, ``path`` of the manifest,
 ``sha256`` of the manifest, ...),
 replaced with ``os.replace``: a reader (the CLI, a service) never sees a half-written pointer and never needs
-a warehouse connection.
+a registry connection.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import date, datetime, timezone
 from pathlib import Path
 
-import duckdb
 import pandas as pd
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
 
 from factory_assets.ml.recsys.artefact import atomic_write_bytes
 
@@ -43,24 +54,171 @@ REPRODUCED = "reproduced"  # history action: a re-run registered this manifest a
 # status (champion, retired) and any version trained on erased data is kept: see register().
 REEVALUABLE: tuple[str, ...] = ("candidate", "shadow", "rejected", "backtest")
 
-DDL: tuple[str, ...] = (
-    f"""CREATE TABLE IF NOT EXISTS {VERSIONS} (
-        version INTEGER PRIMARY KEY, partition_day DATE NOT NULL, manifest_sha256 VARCHAR NOT NULL UNIQUE,
-        manifest_path VARCHAR NOT NULL, status VARCHAR NOT NULL, reason VARCHAR NOT NULL,
-        metrics VARCHAR NOT NULL, created_at TIMESTAMPTZ NOT NULL, updated_at TIMESTAMPTZ NOT NULL)""",
-    f"""CREATE TABLE IF NOT EXISTS {DECISIONS} (
-        version INTEGER NOT NULL, partition_day DATE NOT NULL, decided_at TIMESTAMPTZ NOT NULL,
-        verdict VARCHAR NOT NULL, reason VARCHAR NOT NULL, record VARCHAR NOT NULL, markdown VARCHAR NOT NULL)""",
-    f"""CREATE TABLE IF NOT EXISTS {EVENTS} (
-        changed_at TIMESTAMPTZ NOT NULL, version INTEGER NOT NULL, action VARCHAR NOT NULL,
-        from_status VARCHAR, to_status VARCHAR NOT NULL, reason VARCHAR NOT NULL)""",
+REGISTRY_FILE = "registry.db"  # under <home>/<source>/
+SQLITE_BUSY_TIMEOUT_S = 30.0  # how long a SQLite writer waits for another process's write lock
+
+
+class UtcDateTime(sa.types.TypeDecorator):
+    """A UTC instant: stored as naive UTC on SQLite (which has no time zones), ``TIMESTAMP WITH TIME ZONE``
+    elsewhere; always read back as a ``datetime`` with ``tzinfo=UTC``."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: registry times are UTC, pass a tz-aware datetime")
+        value = value.astimezone(timezone.utc)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value, dialect):
+        if value is None:
+            return None
+        return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+
+
+METADATA = sa.MetaData()
+versions_table = sa.Table(
+    VERSIONS, METADATA,
+    sa.Column("version", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("partition_day", sa.Date, nullable=False),
+    sa.Column("manifest_sha256", sa.String(128), nullable=False, unique=True),
+    sa.Column("manifest_path", sa.Text, nullable=False),
+    sa.Column("status", sa.String(32), nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("metrics", sa.Text, nullable=False),  # JSON text
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Column("updated_at", UtcDateTime, nullable=False),
 )
+decisions_table = sa.Table(
+    DECISIONS, METADATA,
+    sa.Column("decision_id", sa.Integer, primary_key=True, autoincrement=True),  # insertion order
+    sa.Column("version", sa.Integer, nullable=False, index=True),
+    sa.Column("partition_day", sa.Date, nullable=False),
+    sa.Column("decided_at", UtcDateTime, nullable=False),
+    sa.Column("verdict", sa.String(32), nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("record", sa.Text, nullable=False),  # JSON text
+    sa.Column("markdown", sa.Text, nullable=False),
+)
+events_table = sa.Table(
+    EVENTS, METADATA,
+    sa.Column("event_id", sa.Integer, primary_key=True, autoincrement=True),  # insertion order (ties of changed_at)
+    sa.Column("changed_at", UtcDateTime, nullable=False),
+    sa.Column("version", sa.Integer, nullable=False, index=True),
+    sa.Column("action", sa.String(64), nullable=False),
+    sa.Column("from_status", sa.String(32)),
+    sa.Column("to_status", sa.String(32), nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+)
+EVENT_COLUMNS: tuple[str, ...] = ("changed_at", "version", "action", "from_status", "to_status", "reason")
+
+_ENGINES: dict[str, Engine] = {}
+_SCHEMA_READY: set[str] = set()
 
 
-def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
-    """Create the registry tables if missing (idempotent)."""
-    for statement in DDL:
-        con.execute(statement)
+def default_url(root: Path) -> str:
+    """The SQLite URL of a source namespace's registry: ``sqlite:///<root>/registry.db`` (``root`` =
+    ``<home>/<source>``)."""
+    return f"sqlite:///{Path(root).expanduser().resolve() / REGISTRY_FILE}"
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")  # readers never block the writer, nor the writer them
+    cursor.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_TIMEOUT_S * 1000)}")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+def engine(url: str) -> Engine:
+    """The (cached, per process) autocommit engine of a registry URL.
+
+    SQLite: the parent folder is created, WAL mode and a busy timeout of :data:`SQLITE_BUSY_TIMEOUT_S` are set on
+    every connection, and connections are not pooled (safe across the fork of a multiprocess executor).
+    """
+    cached = _ENGINES.get(url)
+    if cached is not None:
+        return cached
+    parsed = sa.engine.make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        made = sa.create_engine(url, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool,
+                                connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S})
+        sa.event.listen(made, "connect", _sqlite_pragmas)
+    else:
+        made = sa.create_engine(url, isolation_level="AUTOCOMMIT", pool_pre_ping=True)
+    _ENGINES[url] = made
+    return made
+
+
+@contextmanager
+def connect(url: str) -> Iterator[Connection]:
+    """A registry connection (autocommit, schema ensured), closed on exit.
+
+    Raises:
+        sqlalchemy.exc.OperationalError: the store cannot be reached (or a SQLite writer held its lock for
+            longer than :data:`SQLITE_BUSY_TIMEOUT_S`).
+    """
+    with engine(url).connect() as con:
+        if url not in _SCHEMA_READY:
+            ensure_schema(con)
+            _SCHEMA_READY.add(url)
+        yield con
+
+
+def ensure_schema(con: Connection) -> None:
+    """Create the registry tables if missing (idempotent).
+
+    A connection that is not SQLAlchemy's (the warehouse's DuckDB connection, from before the registry had its
+    own store) is ignored: the registry no longer lives there.
+    """
+    if not isinstance(con, Connection):
+        return
+    with _atomic(con):
+        METADATA.create_all(con, checkfirst=True)
+
+
+@contextmanager
+def _atomic(con: Connection) -> Iterator[None]:
+    """One transaction around the block (re-entrant: an inner block joins the outer one).
+
+    The connection is in autocommit mode, so the transaction is opened by hand: ``BEGIN IMMEDIATE`` on SQLite
+    (takes the write lock now, waiting up to the busy timeout, so a read-then-write never meets a
+    concurrent writer), ``BEGIN`` elsewhere.
+    """
+    depth = con.info.get("registry_tx_depth", 0)
+    if depth:
+        con.info["registry_tx_depth"] = depth + 1
+        try:
+            yield
+        finally:
+            con.info["registry_tx_depth"] = depth
+        return
+    con.exec_driver_sql("BEGIN IMMEDIATE" if con.dialect.name == "sqlite" else "BEGIN")
+    con.info["registry_tx_depth"] = 1
+    try:
+        yield
+    except BaseException:
+        con.info["registry_tx_depth"] = 0
+        con.exec_driver_sql("ROLLBACK")
+        raise
+    con.info["registry_tx_depth"] = 0
+    con.exec_driver_sql("COMMIT")
+
+
+def _frame(result: sa.engine.CursorResult) -> pd.DataFrame:
+    return pd.DataFrame(result.fetchall(), columns=list(result.keys()))
+
+
+def _insert_event(con: Connection, changed_at: datetime, version: int, action: str, from_status: str | None,
+                  to_status: str, reason: str) -> None:
+    con.execute(sa.insert(events_table).values(
+        changed_at=changed_at, version=version, action=action, from_status=from_status, to_status=to_status,
+        reason=reason))
 
 
 def _now() -> datetime:
@@ -68,7 +226,7 @@ def _now() -> datetime:
 
 
 def register(
-    con: duckdb.DuckDBPyConnection,
+    con: Connection,
     partition_day: date,
     manifest_path: Path,
     manifest_sha256: str,
@@ -116,26 +274,47 @@ def register(
     """
     if status not in REEVALUABLE:
         raise ValueError(f"a new version is 'candidate', 'shadow', 'rejected' or 'backtest', not {status!r}")
-    existing = con.execute(f"SELECT version, status FROM {VERSIONS} WHERE manifest_sha256 = ?", [manifest_sha256]).fetchone()
-    if existing:
-        version, old = int(existing[0]), existing[1]
-        kept = kept_on_reregistration(con, version, old)
-        if kept is None:
-            set_status(con, version, status, reason, action="re-evaluated")
-        else:
-            record_event(con, version, REPRODUCED, f"re-run reproduced this manifest; verdict {status}: {reason}; {kept}")
-        return version
-    version = int(con.execute(f"SELECT coalesce(max(version), 0) + 1 FROM {VERSIONS}").fetchone()[0])
-    now = _now()
-    con.execute(
-        f"INSERT INTO {VERSIONS} VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        [version, partition_day, manifest_sha256, str(manifest_path), status, reason, json.dumps(metrics, sort_keys=True, default=str), now, now],
-    )
-    con.execute(f"INSERT INTO {EVENTS} VALUES (?, ?, 'registered', NULL, ?, ?)", [now, version, status, reason])
-    return version
+    for attempt in range(5):  # two writers may race for the next id on a server database: retry
+        try:
+            with _atomic(con):
+                existing = con.execute(
+                    sa.select(versions_table.c.version, versions_table.c.status)
+                    .where(versions_table.c.manifest_sha256 == manifest_sha256)
+                ).fetchone()
+                if existing:
+                    version, old = int(existing[0]), existing[1]
+                    kept = kept_on_reregistration(con, version, old)
+                    if kept is None:
+                        set_status(con, version, status, reason, action="re-evaluated")
+                    else:
+                        record_event(con, version, REPRODUCED,
+                                     f"re-run reproduced this manifest; verdict {status}: {reason}; {kept}")
+                    return version
+                version = int(con.execute(sa.select(sa.func.coalesce(sa.func.max(versions_table.c.version), 0) + 1)).scalar_one())
+                now = _now()
+                con.execute(sa.insert(versions_table).values(
+                    version=version, partition_day=_day(partition_day), manifest_sha256=manifest_sha256,
+                    manifest_path=str(manifest_path), status=status, reason=reason,
+                    metrics=json.dumps(metrics, sort_keys=True, default=str), created_at=now, updated_at=now,
+                ))
+                _insert_event(con, now, version, "registered", None, status, reason)
+                return version
+        except sa.exc.IntegrityError:
+            if attempt == 4:
+                raise
+    raise AssertionError("unreachable")
 
 
-def kept_on_reregistration(con: duckdb.DuckDBPyConnection, version: int, status: str | None = None) -> str | None:
+def _day(value: date | str) -> date:
+    """A ``datetime.date`` from a date, a datetime or an ISO string."""
+    if isinstance(value, datetime):
+        return value.date()
+    if isinstance(value, date):
+        return value
+    return date.fromisoformat(str(value)[:10])
+
+
+def kept_on_reregistration(con: Connection, version: int, status: str | None = None) -> str | None:
     """Why a re-registration must keep ``version``'s status (see :func:`register`), or None if it may re-decide it.
 
     ``status`` is the version's current status when the caller already read it.
@@ -149,7 +328,7 @@ def kept_on_reregistration(con: duckdb.DuckDBPyConnection, version: int, status:
     return None
 
 
-def set_status(con: duckdb.DuckDBPyConnection, version: int, status: str, reason: str, action: str) -> None:
+def set_status(con: Connection, version: int, status: str, reason: str, action: str) -> None:
     """Change a version's status and append the change to the history.
 
     Raises:
@@ -157,78 +336,103 @@ def set_status(con: duckdb.DuckDBPyConnection, version: int, status: str, reason
     """
     if status not in STATUSES:
         raise ValueError(f"unknown status {status!r}; known: {STATUSES}")
-    row = con.execute(f"SELECT status FROM {VERSIONS} WHERE version = ?", [version]).fetchone()
-    if row is None:
-        raise LookupError(f"model version {version} is not in the registry")
-    now = _now()
-    con.execute(f"UPDATE {VERSIONS} SET status = ?, reason = ?, updated_at = ? WHERE version = ?", [status, reason, now, version])
-    con.execute(f"INSERT INTO {EVENTS} VALUES (?, ?, ?, ?, ?, ?)", [now, version, action, row[0], status, reason])
+    with _atomic(con):
+        row = con.execute(sa.select(versions_table.c.status).where(versions_table.c.version == version)).fetchone()
+        if row is None:
+            raise LookupError(f"model version {version} is not in the registry")
+        now = _now()
+        con.execute(sa.update(versions_table).where(versions_table.c.version == version)
+                    .values(status=status, reason=reason, updated_at=now))
+        _insert_event(con, now, version, action, row[0], status, reason)
 
 
 def record_decision(
-    con: duckdb.DuckDBPyConnection, version: int, partition_day: date, verdict: str, reason: str, record: dict, markdown: str
+    con: Connection, version: int, partition_day: date, verdict: str, reason: str, record: dict, markdown: str
 ) -> None:
     """Append the promotion decision record of a candidate (kept as history: re-evaluations add rows)."""
-    con.execute(
-        f"INSERT INTO {DECISIONS} VALUES (?, ?, ?, ?, ?, ?, ?)",
-        [version, partition_day, _now(), verdict, reason, json.dumps(record, sort_keys=True, default=str), markdown],
-    )
+    con.execute(sa.insert(decisions_table).values(
+        version=version, partition_day=_day(partition_day), decided_at=_now(), verdict=verdict, reason=reason,
+        record=json.dumps(record, sort_keys=True, default=str), markdown=markdown,
+    ))
 
 
-def latest_decision(con: duckdb.DuckDBPyConnection, version: int) -> dict | None:
+def latest_decision(con: Connection, version: int) -> dict | None:
     """The newest promotion decision record of ``version`` (``verdict``, ``evaluation``, ``champion``, ``gates``,
     ``policy``: what :func:`record_decision` stored), or None.  A re-run decides again; this is its record."""
-    row = con.execute(f"SELECT record FROM {DECISIONS} WHERE version = ? ORDER BY decided_at DESC LIMIT 1",
-                      [version]).fetchone()
+    row = con.execute(
+        sa.select(decisions_table.c.record).where(decisions_table.c.version == version)
+        .order_by(decisions_table.c.decided_at.desc(), decisions_table.c.decision_id.desc()).limit(1)
+    ).fetchone()
     return None if row is None else json.loads(row[0])
 
 
-def decisions(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
-    """Every promotion decision, oldest first: version, partition_day, decided_at, verdict, reason."""
-    return con.execute(f"SELECT version, partition_day, decided_at, verdict, reason FROM {DECISIONS} ORDER BY decided_at, version").df()
+def decisions(con: Connection) -> pd.DataFrame:
+    """Every promotion decision, oldest first: version (int), partition_day (date), decided_at (UTC datetime),
+    verdict, reason (str)."""
+    t = decisions_table.c
+    return _frame(con.execute(sa.select(t.version, t.partition_day, t.decided_at, t.verdict, t.reason)
+                              .order_by(t.decided_at, t.version, t.decision_id)))
 
 
-def record_event(con: duckdb.DuckDBPyConnection, version: int, action: str, reason: str) -> None:
-    """Append a history row that does not change the version's status (e.g. ``marked_stale``)."""
-    row = con.execute(f"SELECT status FROM {VERSIONS} WHERE version = ?", [version]).fetchone()
+def record_event(con: Connection, version: int, action: str, reason: str) -> None:
+    """Append a history row that does not change the version's status (e.g. ``marked_stale``).
+
+    Raises:
+        LookupError: for an unknown version.
+    """
+    with _atomic(con):
+        row = con.execute(sa.select(versions_table.c.status).where(versions_table.c.version == version)).fetchone()
+        if row is None:
+            raise LookupError(f"model version {version} is not in the registry")
+        _insert_event(con, _now(), version, action, row[0], row[0], reason)
+
+
+def has_event(con: Connection, version: int, action: str) -> bool:
+    """Whether the version's history holds an ``action`` row (e.g. ``trained_on_erased_data``)."""
+    t = events_table.c
+    return con.execute(sa.select(sa.func.count()).select_from(events_table)
+                       .where(t.version == version, t.action == action)).scalar_one() > 0
+
+
+def version_row(con: Connection, version: int) -> dict:
+    """One version as a dict: ``version`` (int), ``partition_day`` (ISO str), ``manifest_sha256``,
+    ``manifest_path``, ``status``, ``reason`` (str), ``metrics`` (parsed JSON), ``created_at``, ``updated_at``
+    (UTC datetimes).
+
+    Raises:
+        LookupError: for an unknown version.
+    """
+    row = con.execute(sa.select(versions_table).where(versions_table.c.version == version)).mappings().fetchone()
     if row is None:
         raise LookupError(f"model version {version} is not in the registry")
-    con.execute(f"INSERT INTO {EVENTS} VALUES (?, ?, ?, ?, ?, ?)", [_now(), version, action, row[0], row[0], reason])
-
-
-def has_event(con: duckdb.DuckDBPyConnection, version: int, action: str) -> bool:
-    """Whether the version's history holds an ``action`` row (e.g. ``trained_on_erased_data``)."""
-    return con.execute(f"SELECT count(*) FROM {EVENTS} WHERE version = ? AND action = ?", [version, action]).fetchone()[0] > 0
-
-
-def version_row(con: duckdb.DuckDBPyConnection, version: int) -> dict:
-    """One version as a dict (``metrics`` parsed).  Raises LookupError if unknown."""
-    frame = con.execute(f"SELECT * FROM {VERSIONS} WHERE version = ?", [version]).df()
-    if frame.empty:
-        raise LookupError(f"model version {version} is not in the registry")
-    row = frame.iloc[0].to_dict()
+    row = dict(row)
+    row["version"] = int(row["version"])
     row["metrics"] = json.loads(row["metrics"])
-    row["partition_day"] = pd.Timestamp(row["partition_day"]).date().isoformat()
+    row["partition_day"] = _day(row["partition_day"]).isoformat()
     return row
 
 
-def latest_for_day(con: duckdb.DuckDBPyConnection, partition_day: date) -> dict | None:
+def latest_for_day(con: Connection, partition_day: date) -> dict | None:
     """The most recently updated version trained for ``partition_day``, or None."""
+    t = versions_table.c
     row = con.execute(
-        f"SELECT version FROM {VERSIONS} WHERE partition_day = ? ORDER BY updated_at DESC, version DESC LIMIT 1",
-        [partition_day],
+        sa.select(t.version).where(t.partition_day == _day(partition_day))
+        .order_by(t.updated_at.desc(), t.version.desc()).limit(1)
     ).fetchone()
     return version_row(con, int(row[0])) if row else None
 
 
-def versions(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
-    """All versions, oldest first."""
-    return con.execute(f"SELECT version, partition_day, status, reason, manifest_sha256 FROM {VERSIONS} ORDER BY version").df()
+def versions(con: Connection) -> pd.DataFrame:
+    """All versions, oldest first: version (int), partition_day (date), status, reason, manifest_sha256 (str)."""
+    t = versions_table.c
+    return _frame(con.execute(sa.select(t.version, t.partition_day, t.status, t.reason, t.manifest_sha256).order_by(t.version)))
 
 
-def history(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
-    """Every status change, oldest first."""
-    return con.execute(f"SELECT * FROM {EVENTS} ORDER BY changed_at, version").df()
+def history(con: Connection) -> pd.DataFrame:
+    """Every status change, oldest first (insertion order breaks ties): changed_at (UTC datetime), version
+    (int), action, from_status (str or None), to_status, reason (str)."""
+    t = events_table.c
+    return _frame(con.execute(sa.select(*(t[c] for c in EVENT_COLUMNS)).order_by(t.changed_at, t.event_id)))
 
 
 def alias_path(aliases_dir: Path, alias: str = CHAMPION) -> Path:
@@ -248,23 +452,19 @@ def _write_alias(aliases_dir: Path, alias: str, pointer: dict) -> None:
 
 
 def _move_alias(
-    con: duckdb.DuckDBPyConnection, aliases_dir: Path, alias: str, version: int, reason: str, action: str,
+    con: Connection, aliases_dir: Path, alias: str, version: int, reason: str, action: str,
     pointer_extra: dict | None, actor: str,
 ) -> dict:
     """Give ``alias`` (a status too) to ``version``: the previous holder is retired, the file replaced last."""
     row = version_row(con, version)
     old = read_alias(aliases_dir, alias)
-    con.execute("BEGIN TRANSACTION")
-    try:
-        holders = con.execute(f"SELECT version FROM {VERSIONS} WHERE status = ? AND version <> ?", [alias, version]).fetchall()
+    with _atomic(con):
+        t = versions_table.c
+        holders = con.execute(sa.select(t.version).where(t.status == alias, t.version != version)).fetchall()
         for (other,) in holders:
             set_status(con, int(other), "retired", f"{alias} replaced by version {version}", action="retired")
         if row["status"] != alias:
             set_status(con, version, alias, reason, action=action)
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
     pointer = {
         "alias": alias,
         "version": version,
@@ -282,7 +482,7 @@ def _move_alias(
 
 
 def promote(
-    con: duckdb.DuckDBPyConnection, aliases_dir: Path, version: int, reason: str, pointer_extra: dict | None = None,
+    con: Connection, aliases_dir: Path, version: int, reason: str, pointer_extra: dict | None = None,
     action: str = "promoted", actor: str = "factory",
 ) -> dict:
     """Make ``version`` the champion: retire the old one, move the alias atomically, record both.
@@ -302,7 +502,7 @@ def promote(
 
 
 def designate_shadow(
-    con: duckdb.DuckDBPyConnection, aliases_dir: Path, version: int, reason: str, pointer_extra: dict | None = None
+    con: Connection, aliases_dir: Path, version: int, reason: str, pointer_extra: dict | None = None
 ) -> dict | None:
     """Make ``version`` the shadow (scored on live traffic beside the champion); the old shadow is retired.
 
@@ -317,7 +517,7 @@ def designate_shadow(
 
 
 def rollback(
-    con: duckdb.DuckDBPyConnection, aliases_dir: Path, reason: str, actor: str, to_version: int | None = None
+    con: Connection, aliases_dir: Path, reason: str, actor: str, to_version: int | None = None
 ) -> dict:
     """Restore the previous champion (or ``to_version``) after verifying its manifest and artefact.
 
@@ -353,7 +553,7 @@ def rollback(
 
 
 # --------------------------------------------------------------------------- champion stack, rollback targets
-def champion_stack(con: duckdb.DuckDBPyConnection) -> list[int]:
+def champion_stack(con: Connection) -> list[int]:
     """The champions still "below" the current one, oldest first; the last entry is the current champion.
 
     Replays the history: a promotion pushes its version; a rollback pops the champion it rolled back from
@@ -361,10 +561,10 @@ def champion_stack(con: duckdb.DuckDBPyConnection) -> list[int]:
     target when it was never champion).  So after ``v1, v2, v3`` and a rollback to ``v2`` the stack is
     ``[v1, v2]``: the next rollback goes to ``v1``, never back to ``v3`` (no ping-pong).
     """
+    t = events_table.c
     rows = con.execute(
-        f"SELECT version, action FROM {EVENTS} WHERE to_status = ? AND action IN ('promoted', 'rolled_back') "
-        "ORDER BY changed_at, rowid",
-        [CHAMPION],
+        sa.select(t.version, t.action).where(t.to_status == CHAMPION, t.action.in_(("promoted", "rolled_back")))
+        .order_by(t.changed_at, t.event_id)
     ).fetchall()
     stack: list[int] = []
     for version, action in rows:
@@ -381,7 +581,7 @@ def champion_stack(con: duckdb.DuckDBPyConnection) -> list[int]:
     return stack
 
 
-def rollback_candidates(con: duckdb.DuckDBPyConnection, current_version: int) -> list[int]:
+def rollback_candidates(con: Connection, current_version: int) -> list[int]:
     """Versions a rollback from ``current_version`` may restore, best (most recent) first.
 
     The :func:`champion_stack` below the current champion, newest first, without duplicates, the current

@@ -9,12 +9,20 @@ from __future__ import annotations
 
 from datetime import date, timedelta
 
+import pytest
 from dagster import DagsterInstance
 
 from factory_assets.ml import promotion
 from factory_assets.platform.partitions import WINDOW_DAYS
 from factory_assets.ml import registry
-from factory_assets_tests.helpers import FIRST_DAY, small_factory, train
+from factory_assets_tests import ml_helpers as ml
+from factory_assets_tests.helpers import FIRST_DAY
+
+
+@pytest.fixture
+def home_copy(tmp_path_factory, tmp_path):
+    """A private copy of a home with 36 ingested days (built by the DataOps assets, once per session)."""
+    return ml.copy_home(ml.ingested(tmp_path_factory), tmp_path / "home")
 
 TRAIN_DAY = FIRST_DAY + timedelta(days=WINDOW_DAYS - 1)  # 2024-10-28, the first day with a full window
 D = date.fromisoformat
@@ -48,13 +56,12 @@ def test_verdict_of_a_backtest():
 
 
 def test_an_older_day_is_a_backtest_never_promoted_and_not_compared_with_the_newer_champion(home_copy):
-    factory = small_factory(home_copy)
     instance = DagsterInstance.ephemeral()
     newer, older = TRAIN_DAY + timedelta(days=8), TRAIN_DAY + timedelta(days=6)  # 11-05 and 11-03
-    assert train(factory, newer, instance, BLEND).success
+    assert ml.train(home_copy, newer, instance, BLEND).success
     aliases = home_copy / "simulator" / "aliases"
     champion = registry.read_alias(aliases)
-    result = train(factory, older, instance, BLEND)
+    result = ml.train(home_copy, older, instance, BLEND)
     assert result.success  # not a failure: the factory did its job
     [gate] = [e for e in result.get_asset_check_evaluations() if e.check_name == promotion.NOT_WORSE_THAN_CHAMPION]
     assert gate.passed and gate.description.startswith(
@@ -66,19 +73,16 @@ def test_an_older_day_is_a_backtest_never_promoted_and_not_compared_with_the_new
              if e.asset_key.to_user_string() == "candidate_model"]
     assert mat.metadata["verdict"].value == "backtest" and mat.metadata["registry_status"].value == "backtest"
     assert registry.read_alias(aliases) == champion  # never promoted over the newer champion
-    import duckdb
-
-    with duckdb.connect(str(home_copy / "simulator" / "warehouse.duckdb")) as con:
+    with ml.connect(home_copy) as con:
         row = registry.version_row(con, 2)
-        decision = con.execute("SELECT verdict FROM promotion_decisions WHERE version = 2").fetchone()[0]
+        decision = con.exec_driver_sql("SELECT verdict FROM promotion_decisions WHERE version = 2").fetchone()[0]
     assert row["status"] == "backtest" and decision == "backtest"
     assert row["metrics"]["champion"] is None and row["metrics"]["champion_compared"] is False
 
 
 def test_a_forward_candidate_is_compared_with_the_champion(home_copy):
-    factory = small_factory(home_copy)
     instance = DagsterInstance.ephemeral()
-    assert train(factory, TRAIN_DAY, instance, BLEND).success
-    result = train(factory, TRAIN_DAY + timedelta(days=7), instance, BLEND)  # tests 10-29..11-04; champion trained ..10-21
+    assert ml.train(home_copy, TRAIN_DAY, instance, BLEND).success
+    result = ml.train(home_copy, TRAIN_DAY + timedelta(days=7), instance, BLEND)  # tests 10-29..11-04; champion trained ..10-21
     [gate] = [e for e in result.get_asset_check_evaluations() if e.check_name == promotion.NOT_WORSE_THAN_CHAMPION]
     assert gate.description.startswith("NDCG@10 difference vs champion v1") and "compared" not in gate.metadata

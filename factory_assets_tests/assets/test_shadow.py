@@ -10,16 +10,18 @@ import duckdb
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
-from dagster import materialize
+import pytest
+from dagster import DagsterInstance, build_sensor_context, materialize
 
 from factory_assets.ml import served_log as serving_log
-from factory_assets.data import warehouse
+from factory_assets.feature_store import contract
+from factory_assets.ml.defs.sensors import shadow_promoter
 from factory_assets.ml.defs.shadow import SHADOW_EVALUATION, SHADOW_SCORES, score_rows, shadow_evaluation
 from factory_assets.ml.recsys.artefact import load_manifest_model, save_model, write_manifest
 from factory_assets.ml.recsys.model import BlendModel
 from factory_assets.ml import registry
-from factory_assets.resources import FactoryResource
-from factory_assets_tests.helpers import FIRST_DAY, days, ingest, small_factory, train
+from factory_assets_tests import ml_helpers as ml
+from factory_assets_tests.helpers import FIRST_DAY, days
 
 CHAMPION_DAY = FIRST_DAY + timedelta(days=27)
 REPLAY_DAYS = days(FIRST_DAY + timedelta(days=28), 3)
@@ -32,21 +34,40 @@ def _con(home: Path) -> duckdb.DuckDBPyConnection:
     return con
 
 
+@pytest.fixture
+def home_copy(tmp_path_factory, tmp_path):
+    """A private copy of a home with 36 ingested days (built by the DataOps assets, once per session)."""
+    return ml.copy_home(ml.ingested(tmp_path_factory), tmp_path / "home")
+
+
+class _Factory:
+    """What these tests need of a home: its path, its event source and one Dagster instance for its runs."""
+
+    def __init__(self, home: Path):
+        self.home = home
+        self.event_source = ml.data_resources(home)["event_source"].event_source
+        self.instance = DagsterInstance.ephemeral()
+
+
+def small_factory(home: Path) -> _Factory:
+    return _Factory(home)
+
+
 def _aliases(home: Path) -> Path:
     return home / "simulator" / "aliases"
 
 
-def _ensure_ingested(factory: FactoryResource, home: Path, wanted: list[date]) -> None:
+def _ensure_ingested(factory: _Factory, home: Path, wanted: list[date]) -> None:
     """The replay days must have their purchases in the warehouse (ingest whatever is missing)."""
     with _con(home) as con:
-        have = set(warehouse.ledger(con, warehouse.RAW_EVENTS, min(wanted), max(wanted))["partition_day"])
+        have = set(contract.ledger(con, contract.USER_ITEM_DAILY, min(wanted), max(wanted))["partition_day"])
     missing = [d for d in wanted if d not in have]
     if missing:
-        ingest(factory, missing)
+        ml.ingest(home, missing)
 
 
-def _champion(home: Path, factory: FactoryResource) -> tuple[int, BlendModel]:
-    result = train(factory, CHAMPION_DAY)
+def _champion(home: Path, factory: _Factory) -> tuple[int, BlendModel]:
+    result = ml.train(home, CHAMPION_DAY, factory.instance)
     assert result.success
     pointer = registry.read_alias(_aliases(home))
     assert pointer is not None
@@ -64,13 +85,13 @@ def _register_shadow(home: Path, model: BlendModel, label: str) -> int:
         "evaluation": {"model": {"ndcg_at_10": 0.0}},
     }
     manifest_path, manifest_sha = write_manifest(manifest, models_dir)
-    with _con(home) as con:
+    with ml.connect(home) as con:
         version = registry.register(con, CHAMPION_DAY, manifest_path, manifest_sha, "candidate", label, {"evaluation": manifest["evaluation"]})
         registry.designate_shadow(con, _aliases(home), version, f"{label} shadow for the test")
     return version
 
 
-def _oracle(champion: BlendModel, factory: FactoryResource) -> BlendModel:
+def _oracle(champion: BlendModel, factory: _Factory) -> BlendModel:
     """The champion plus knowledge of the replay days' purchases: clearly better on live traffic."""
     events = pd.concat([factory.event_source.fetch_day(d).events for d in REPLAY_DAYS])
     bought = events[events["event_type"] == "purchase"].drop_duplicates(["user_id", "item_id"])
@@ -92,19 +113,30 @@ def _anti_popular(champion: BlendModel) -> BlendModel:
     )
 
 
-def _replay(home: Path, factory: FactoryResource, champion: tuple[int, BlendModel], shadow: tuple[int, BlendModel], day: date) -> Path:
+def _replay(home: Path, factory: _Factory, champion: tuple[int, BlendModel], shadow: tuple[int, BlendModel], day: date) -> Path:
     log = serving_log.replay_from_simulator(factory.event_source, day, champion, shadow, N_REQUESTS, seed=3)
     return serving_log.write_log_file(log, serving_log.log_directory(home / "simulator"))
 
 
-def _evaluate(factory: FactoryResource, day: date, **config):
+def _evaluate(factory: _Factory, day: date, **config):
+    """Materialise the day's shadow_evaluation, then run one tick of the shadow_promoter sensor and execute
+    its run request (a served_model run), as the daemon would; ``promoted``: whether that run moved the alias."""
     result = materialize(
-        [shadow_evaluation], partition_key=day.isoformat(), resources={"factory": factory},
+        [shadow_evaluation], partition_key=day.isoformat(), resources=ml.resources(factory.home),
         run_config={"ops": {SHADOW_EVALUATION: {"config": config}}} if config else None, raise_on_error=False,
+        instance=factory.instance,
     )
     assert result.success, [e.event_specific_data for e in result.all_events if e.is_failure]
     [mat] = result.get_asset_materialization_events()
-    return {k: v.value for k, v in mat.materialization.metadata.items()}
+    meta = {k: v.value for k, v in mat.materialization.metadata.items()}
+    tick = shadow_promoter(build_sensor_context(instance=factory.instance, resources=ml.resources(factory.home)))
+    meta["promoted"] = False
+    if hasattr(tick, "run_config"):
+        served = materialize(
+            [ml.served_model], partition_key=tick.partition_key, run_config=tick.run_config,
+            resources=ml.resources(factory.home), instance=factory.instance)
+        meta["promoted"] = served.success
+    return meta
 
 
 def test_a_better_shadow_is_promoted_on_the_third_day(home_copy):
@@ -125,14 +157,15 @@ def test_a_better_shadow_is_promoted_on_the_third_day(home_copy):
         assert "| day | champion | shadow |" in meta["history"]
     assert verdicts[0].startswith("keep collecting") and "1 of 3 days" in verdicts[0]
     assert "2 of 3 days" in verdicts[1]
-    assert verdicts[2].startswith(f"promoted v{shadow_v} to champion (was v{champion[0]})")
+    assert verdicts[2].startswith(f"promotion of v{shadow_v} to champion requested (was v{champion[0]})")
 
     pointer = registry.read_alias(_aliases(home_copy))
     assert pointer["version"] == shadow_v and pointer["previous_version"] == champion[0]
     assert registry.read_alias(_aliases(home_copy), registry.SHADOW) is None  # a promoted shadow stops shadowing
     with _con(home_copy) as con:
-        history = registry.history(con)
         scores = con.execute(f"SELECT day, champion_version, shadow_version, n_requests FROM {SHADOW_SCORES} ORDER BY day").fetchall()
+    with ml.connect(home_copy) as con:
+        history = registry.history(con)
         statuses = dict(zip(registry.versions(con)["version"], registry.versions(con)["status"]))
     [promotion] = history[(history["version"] == shadow_v) & (history["action"] == "promoted")].itertuples()
     assert promotion.to_status == "champion" and promotion.from_status == "shadow"
@@ -145,7 +178,10 @@ def test_a_better_shadow_is_promoted_on_the_third_day(home_copy):
     assert again["promoted"] is False and again["verdict"].startswith("no shadow designated")
     with _con(home_copy) as con:
         assert con.execute(f"SELECT count(*) FROM {SHADOW_SCORES} WHERE day = ?", [REPLAY_DAYS[-1]]).fetchone()[0] == 1
+    with ml.connect(home_copy) as con:
         assert registry.champion_stack(con).count(shadow_v) == 1
+    latest = factory.instance.get_latest_materialization_event(ml.AssetKey("served_model"))
+    assert latest.asset_materialization.metadata["version"].value == shadow_v  # the catalog names the new champion
 
 
 def test_a_worse_shadow_is_never_promoted_and_empty_days_are_notes(home_copy):
@@ -193,10 +229,11 @@ def test_a_log_without_its_raw_day_fails_and_single_role_logs_are_notes(home_cop
         "model_version": [1, 1], "role": ["champion"] * 2, "item_id": ["i001", "i002"], "position": [1, 2], "score": [2.0, 1.0],
     })
     serving_log.write_log_file(rows, serving_log.log_directory(home_copy / "simulator"))
-    result = materialize([shadow_evaluation], partition_key=unknown.isoformat(), resources={"factory": factory}, raise_on_error=False)
+    result = materialize([shadow_evaluation], partition_key=unknown.isoformat(), resources=ml.resources(home_copy),
+                         raise_on_error=False)
     assert not result.success
     [failure] = [e for e in result.all_events if e.is_step_failure]
-    assert "raw_events" in failure.event_specific_data.error.message
+    assert "user_item_daily" in failure.event_specific_data.error.message
 
     [row] = score_rows(unknown, serving_log.read_log(serving_log.log_directory(home_copy / "simulator"), unknown),
                        rows.iloc[0:0][["user_id", "item_id", "ts"]], champion=1, shadow=None)

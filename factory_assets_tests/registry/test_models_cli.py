@@ -20,13 +20,13 @@ import pytest
 
 from factory_assets import cli
 from factory_assets.ml import registry
-from factory_assets.resources import PromotionPolicy
-from factory_assets_tests.helpers import FIRST_DAY, days, small_factory, train
+from factory_assets_tests import ml_helpers as ml
+from factory_assets_tests.helpers import FIRST_DAY, days
 
 PROMOTE_DAYS = [FIRST_DAY + timedelta(days=k) for k in (27, 28, 29)]  # v1, v2, v3: each becomes champion
 REJECT_DAY = FIRST_DAY + timedelta(days=30)  # v4: rejected (an unreachable baseline margin)
-ALWAYS_PROMOTE = PromotionPolicy(champion_tolerance=1.0)  # the champion gate always passes: a clean chain
-NEVER_PASSES = PromotionPolicy(baseline_margin=10.0)
+ALWAYS_PROMOTE = {"champion_tolerance": 1.0}  # ModelPolicy fields: the champion gate always passes, a clean chain
+NEVER_PASSES = {"baseline_margin": 10.0}
 
 _BUILT: dict[Path, Path] = {}
 
@@ -40,35 +40,29 @@ def aliases(home: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def registry_home(ingested_home, tmp_path_factory) -> Path:
-    """``ingested_home`` plus four versions: v1 -> v2 -> v3 champion in turn (v3 serving), v4 rejected.
+def registry_home(tmp_path_factory) -> Path:
+    """An ingested home plus four versions: v1 -> v2 -> v3 champion in turn (v3 serving), v4 rejected.
 
     Built once per session (the cache also serves the modules that import this fixture); do not mutate it.
     """
+    ingested_home = ml.ingested(tmp_path_factory)
     if ingested_home not in _BUILT:
         home = tmp_path_factory.mktemp("models") / "home"
         shutil.copytree(ingested_home, home)
         for day in PROMOTE_DAYS:
-            assert train(small_factory(home, policy=ALWAYS_PROMOTE), day).success, f"training {day} failed"
-        assert not train(small_factory(home, policy=NEVER_PASSES), REJECT_DAY).success
-        with duckdb.connect(str(warehouse(home))) as con:
-            assert dict(con.execute("SELECT version, status FROM model_versions").fetchall()) == {
-                1: "retired", 2: "retired", 3: "champion", 4: "rejected"
-            }
+            assert ml.train(home, day, **ALWAYS_PROMOTE).success, f"training {day} failed"
+        assert not ml.train(home, REJECT_DAY, **NEVER_PASSES).success
+        assert statuses(home) == {1: "retired", 2: "retired", 3: "champion", 4: "rejected"}
         _BUILT[ingested_home] = home
     return _BUILT[ingested_home]
 
 
-def copy_home(src: Path, dst: Path) -> Path:
-    """A private copy of a registry home, its absolute manifest paths (registry rows, alias files) moved along."""
-    shutil.copytree(src, dst)
-    with duckdb.connect(str(warehouse(dst))) as con:
-        con.execute("UPDATE model_versions SET manifest_path = replace(manifest_path, ?, ?)", [str(src), str(dst)])
-    for path in aliases(dst).glob("*.json"):
-        pointer = json.loads(path.read_text())
-        pointer["path"] = pointer["path"].replace(str(src), str(dst))
-        path.write_text(json.dumps(pointer, indent=2, sort_keys=True) + "\n")
-    return dst
+copy_home = ml.copy_home
+
+
+def statuses(home: Path) -> dict[int, str]:
+    with ml.connect(home) as con:
+        return {int(v): s for v, s in con.exec_driver_sql("SELECT version, status FROM model_versions").fetchall()}
 
 
 def models(capsys, home: Path, *args: str) -> tuple[int, dict]:
@@ -80,8 +74,8 @@ def models(capsys, home: Path, *args: str) -> tuple[int, dict]:
 
 
 def registry_rows(home: Path) -> dict[int, dict]:
-    with duckdb.connect(str(warehouse(home)), read_only=True) as con:
-        return {v: registry.version_row(con, v) for (v,) in con.execute("SELECT version FROM model_versions").fetchall()}
+    with ml.connect(home) as con:
+        return {int(v): registry.version_row(con, int(v)) for v in registry.versions(con)["version"]}
 
 
 # --------------------------------------------------------------------------- list
@@ -223,40 +217,31 @@ def _hold_lock(path: Path, seconds: float) -> subprocess.Popen:
     return proc
 
 
-@pytest.fixture
-def small_registry(tmp_path) -> Path:
-    """A home whose warehouse holds only the (empty) registry tables."""
-    home = tmp_path / "lockhome"
-    warehouse(home).parent.mkdir(parents=True)
-    with duckdb.connect(str(warehouse(home))) as con:
-        registry.ensure_schema(con)
-    return home
-
-
-def test_a_writer_holding_the_warehouse_gives_a_message_naming_the_lock(small_registry, capsys):
-    proc = _hold_lock(warehouse(small_registry), 30)
+def test_list_diff_and_show_do_not_wait_for_a_writer_holding_the_warehouse(registry_home, tmp_path, capsys):
+    """The registry is its own store: only show's lineage needs the warehouse, and show answers without it."""
+    home = copy_home(registry_home, tmp_path / "home")
+    proc = _hold_lock(warehouse(home), 60)
     try:
         started = time.monotonic()
-        capsys.readouterr()
-        status = cli.main(["models", "list", "--json", "--home", str(small_registry), "--timeout", "0.5"])
-        elapsed = time.monotonic() - started
-        captured = capsys.readouterr()
+        status, listed = models(capsys, home, "list")
+        list_s = time.monotonic() - started
+        status_diff, diffed = models(capsys, home, "diff", "1", "3")
+        started = time.monotonic()
+        status_show, shown = models(capsys, home, "show", "3", "--timeout", "0.5")
+        show_s = time.monotonic() - started
     finally:
         proc.kill()
         proc.wait()
-    assert status == 3 and 0.4 < elapsed < 5
-    doc = json.loads(captured.out)
-    message = doc["error"]["message"]
-    assert doc["error"]["kind"] == "warehouse_locked"
-    assert str(warehouse(small_registry)) in message and "locked by another process" in message
-    assert f"PID {proc.pid}" in message and "--timeout" in message
-    assert "locked" in captured.err  # the message (and the retry warning) also go to standard error
+    assert status == 0 and [v["version"] for v in listed["versions"]] == [1, 2, 3, 4] and list_s < 5
+    assert status_diff == 0 and diffed["inputs"]["same"] == 52
+    assert status_show == 0 and shown["status"] == "champion" and shown["lineage"] is None and show_s < 5
+    assert "locked by another process" in shown["lineage_error"] and f"PID {proc.pid}" in shown["lineage_error"]
 
 
-def test_the_cli_waits_for_a_short_lock_then_reads(small_registry, capsys):
-    proc = _hold_lock(warehouse(small_registry), 0.8)
-    try:
-        status, doc = models(capsys, small_registry, "list", "--timeout", "20")
-    finally:
-        proc.wait()
+def test_a_home_with_nothing_registered_lists_nothing(tmp_path, capsys):
+    (tmp_path / "empty" / "simulator").mkdir(parents=True)
+    status, doc = models(capsys, tmp_path / "empty", "list")
     assert status == 0 and doc["versions"] == [] and doc["champion"] is None
+    assert not (tmp_path / "empty" / "simulator" / registry.REGISTRY_FILE).exists()  # reading creates nothing
+    status, doc = models(capsys, tmp_path / "nowhere", "list")
+    assert status == 1 and doc["error"]["kind"] == "not_found"

@@ -1,4 +1,4 @@
-"""Tests of factory_assets.ml.registry on a temporary DuckDB file."""
+"""Tests of factory_assets.ml.registry on a temporary SQLite file (its default store)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import os
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
-import duckdb
 import pytest
 
 from factory_assets.ml import registry
@@ -30,11 +29,10 @@ def clock(monkeypatch):
 
 @pytest.fixture
 def con(tmp_path, clock):
-    connection = duckdb.connect(str(tmp_path / "w.duckdb"))
-    registry.ensure_schema(connection)
-    registry.ensure_schema(connection)  # idempotent
-    yield connection
-    connection.close()
+    with registry.connect(registry.default_url(tmp_path)) as connection:
+        registry.ensure_schema(connection)
+        registry.ensure_schema(connection)  # idempotent
+        yield connection
 
 
 @pytest.fixture
@@ -217,11 +215,12 @@ def test_unknown_version_and_status_errors(con, aliases):
 
 
 def test_registry_persists_across_connections(tmp_path, clock):
-    path = str(tmp_path / "p.duckdb")
-    with duckdb.connect(path) as c:
+    url = registry.default_url(tmp_path / "p")
+    with registry.connect(url) as c:
         registry.ensure_schema(c)
         reg(c, 1)
-    with duckdb.connect(path) as c:
+    registry._ENGINES.clear()  # a fresh engine: nothing cached in this process carries over
+    with registry.connect(url) as c:
         registry.ensure_schema(c)
         assert reg(c, 2) == 2
         assert registry.versions(c)["manifest_sha256"].tolist() == ["sha-1", "sha-2"]

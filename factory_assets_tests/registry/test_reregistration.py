@@ -10,12 +10,11 @@ from __future__ import annotations
 from datetime import date
 from pathlib import Path
 
-import duckdb
 import pytest
 
 from factory_assets.ml.recsys import artefact
 from factory_assets.ml import registry
-from factory_assets_tests.helpers import small_factory, train
+from factory_assets_tests import ml_helpers as ml
 from factory_assets_tests.registry.test_models_cli import (  # noqa: F401  (registry_home is a fixture)
     ALWAYS_PROMOTE,
     PROMOTE_DAYS,
@@ -137,18 +136,18 @@ def test_designate_shadow_still_moves_a_never_served_version(con, aliases):
 def test_rerunning_a_rolled_back_day_through_dagster_does_not_undo_the_rollback(registry_home, tmp_path):
     """The operator's sequence end to end: v3 rolled back to v2, then v3's day trained again (same manifest)."""
     home = copy_home(registry_home, tmp_path / "home")
-    with duckdb.connect(str(warehouse(home))) as con:
+    with ml.connect(home) as con:
         registry.rollback(con, home_aliases(home), "bad launch", "oncall")
         sha3 = registry.version_row(con, 3)["manifest_sha256"]
     assert registry.read_alias(home_aliases(home))["version"] == 2
 
-    result = train(small_factory(home, policy=ALWAYS_PROMOTE), PROMOTE_DAYS[2])
+    result = ml.train(home, PROMOTE_DAYS[2], **ALWAYS_PROMOTE)
     assert result.success
     [candidate] = [m for m in result.get_asset_materialization_events() if m.asset_key.to_user_string() == "candidate_model"]
     assert candidate.materialization.metadata["version"].value == 3  # the same manifest: the same version
     assert candidate.materialization.metadata["manifest_sha256"].value == sha3
-    with duckdb.connect(str(warehouse(home)), read_only=True) as con:
-        assert dict(con.execute("SELECT version, status FROM model_versions").fetchall()) == {
+    with ml.connect(home) as con:
+        assert dict(con.exec_driver_sql("SELECT version, status FROM model_versions").fetchall()) == {
             1: "retired", 2: "champion", 3: "retired", 4: "rejected"
         }
         last = registry.history(con).iloc[-1]

@@ -1,4 +1,10 @@
-"""``training_window`` (the rolling window's inputs, checked complete) and ``candidate_model`` (train, gate)."""
+"""``training_window`` (the rolling window's inputs, checked complete) and ``candidate_model`` (train, gate).
+
+Resources: ``feature_store`` (:class:`~factory_assets.feature_store.resource.FeatureStoreResource`: features,
+the ``training_windows`` manifest table), ``registry``, ``artefacts`` and ``model_policy``
+(:mod:`factory_assets.ml.resources`).  The window length the step reads is ``model_policy``'s, resolved at
+run time (the partition mapping of the dependency is the code's default window).
+"""
 
 
 from dataclasses import replace
@@ -27,7 +33,6 @@ from factory_assets.platform.partitions import (
     ROLLING_WINDOW,
     ONE_RUN_PER_PARTITION,
     WAREHOUSE_POOL,
-    WINDOW_DAYS,
     partition_day,
 )
 from factory_assets.feature_store.contract import regime_start
@@ -43,10 +48,12 @@ from factory_assets.ml.recsys.artefact import (
 )
 from factory_assets.ml.recsys.evaluation import evaluate, model_scores
 from factory_assets.ml.recsys.model import ModelParams
-from factory_assets.ml import registry
+from factory_assets.ml import registry as model_registry
 from factory_assets.ml.recsys.report import ndcg_by_segment_png
 from factory_assets.ml.reports import decision_markdown, evaluation_report_markdown
-from factory_assets.resources import FactoryResource
+from factory_assets.feature_store.resource import FeatureStoreResource
+from factory_assets.ml.erasure import mark_trained_on_erased_data
+from factory_assets.ml.resources import ArtefactStore, ModelPolicy, RegistryResource
 from factory_assets.ml.training import train_candidate
 
 TRAINING_WINDOW = "training_window"
@@ -72,15 +79,19 @@ MODEL_CODE_VERSION = "2"  # 2: the ranker's long purchase-history features
             WINDOW_COMPLETE,
             asset=TRAINING_WINDOW,
             blocking=True,
-            description=f"all {WINDOW_DAYS} feature partitions of the window exist (an empty day counts, a missing one blocks)",
+            description="all feature partitions of the window (model_policy.window_days) exist (an empty day counts, "
+            "a missing one blocks)",
         )
     ],
-    description=f"The {WINDOW_DAYS} feature partitions ending on the partition's day, with their data versions.",
+    description="The feature partitions of the rolling window (model_policy.window_days) ending on the partition's "
+    "day, with their data versions.",
 )
-def training_window(context: AssetExecutionContext, factory: FactoryResource) -> MaterializeResult:
+def training_window(context: AssetExecutionContext, feature_store: FeatureStoreResource,
+                    model_policy: ModelPolicy) -> MaterializeResult:
     day = partition_day(context)
-    with factory.warehouse() as con:
-        manifest = store.window_manifest(con, day, WINDOW_DAYS)
+    window_days = model_policy.resolved_window_days(feature_store.source_name)
+    with feature_store.connect() as con:
+        manifest = store.window_manifest(con, day, window_days)
         store.save_window_manifest(con, day, manifest)
     missing = {view: days for view, days in manifest["missing"].items() if days}
     return MaterializeResult(
@@ -162,9 +173,11 @@ class CandidateConfig(Config):
         description="ranker: days of purchase history before each fit's as-of day (0 = off); None = the source's "
                     "setting (FACTORY_HISTORY_DAYS; Online Retail 90, others 0)")
 
-    def params(self, source: str | None = None) -> ModelParams:
-        """The ``ModelParams``; ``history_days`` None becomes ``settings.history_days(source)``."""
-        days = self.history_days if self.history_days is not None else settings.history_days(source)
+    def params(self, source: str | None = None, default_history_days: int | None = None) -> ModelParams:
+        """The ``ModelParams``; ``history_days`` None becomes ``default_history_days`` (``model_policy``'s), or when
+        that is None too ``settings.history_days(source)``."""
+        days = self.history_days if self.history_days is not None else (
+            default_history_days if default_history_days is not None else settings.history_days(source))
         return ModelParams(**self.model_dump(exclude={"drift_reweighting", "history_days"}), history_days=days)
 
 
@@ -190,11 +203,20 @@ class CandidateConfig(Config):
     "baselines and the champion (blocking gates), then refit on the whole window. A candidate older than the "
     "champion's day is a backtest: evaluated and recorded, never promoted.",
 )
-def candidate_model(context: AssetExecutionContext, config: CandidateConfig, factory: FactoryResource) -> MaterializeResult:
+def candidate_model(
+    context: AssetExecutionContext, config: CandidateConfig, feature_store: FeatureStoreResource,
+    registry: RegistryResource, artefacts: ArtefactStore, model_policy: ModelPolicy,
+) -> MaterializeResult:
     day = partition_day(context)
-    layout = factory.layout.ensure()
-    policy = factory.policy
-    with factory.warehouse() as con:
+    source = feature_store.source_name
+    policy = model_policy
+    with feature_store.connect() as con, registry.connect() as reg:
+        # an erasure since the last run (the erasure_watch sensor may not have ticked yet)
+        if marked := mark_trained_on_erased_data(reg, con):
+            context.log.warning(f"trained on data since erased: v{', v'.join(map(str, marked))}")
+        champion = model_registry.read_alias(artefacts.aliases)
+        champion_tainted = champion is not None and model_registry.has_event(reg, champion["version"], model_registry.ERASED_DATA)
+    with feature_store.connect() as con:
         window = store.load_window_manifest(con, day)
         if window is None or not window["complete"]:
             raise Failure(
@@ -206,10 +228,8 @@ def candidate_model(context: AssetExecutionContext, config: CandidateConfig, fac
         feature_versions = {
             view: retrieval.feature_view_version(con, view, start, end) for view in (store.USER_ITEM_DAILY, store.ITEM_DAILY)
         }
-        champion = registry.read_alias(layout.aliases)
-        champion_tainted = champion is not None and registry.has_event(con, champion["version"], registry.ERASED_DATA)
         regime = regime_start(con, start, end) if config.drift_reweighting else None
-        params = replace(config.params(factory.source), regime_start=None if regime is None else regime.isoformat(),
+        params = replace(config.params(source, model_policy.resolved_history_days(source)), regime_start=None if regime is None else regime.isoformat(),
                          use_gpu=settings.als_gpu())
         history, history_manifest = None, None
         if params.model_kind == "ranker" and params.history_days > 0:
@@ -241,13 +261,13 @@ def candidate_model(context: AssetExecutionContext, config: CandidateConfig, fac
     if champion_skip:
         context.log.info(f"champion gate: {champion_skip}")
 
-    models_dir = layout.artefacts / "models"
+    models_dir = artefacts.models
     eval_path, eval_sha = save_model(result.eval_model, models_dir)
     served_path, served_sha = save_model(result.served_model, models_dir)
     evaluation = result.evaluation()
     manifest = {
         "format": "factory_assets.manifest/1",
-        "source": factory.source,
+        "source": source,
         "partition": day.isoformat(),
         "code_version": MODEL_CODE_VERSION,
         "params": result.served_model.params.as_dict(),
@@ -267,7 +287,7 @@ def candidate_model(context: AssetExecutionContext, config: CandidateConfig, fac
     }
     manifest_path, manifest_sha = write_manifest(manifest, models_dir)
     plot = ndcg_by_segment_png(evaluation["segments"])  # named by the manifest it illustrates
-    plot_path = layout.artefacts / "reports" / f"{manifest_sha}.png"
+    plot_path = artefacts.reports / f"{manifest_sha}.png"
     atomic_write_bytes(plot_path, plot)
 
     served = load_model(served_path, served_sha)  # the gate judges the bytes that will be served
@@ -301,15 +321,15 @@ def candidate_model(context: AssetExecutionContext, config: CandidateConfig, fac
         "champion_compared": champion_report is not None,
         "champion_not_compared": champion_skip,  # why the champion gate did not compare (leakage, backtest)
         "gates": [{"name": g.name, "passed": g.passed, "reason": g.reason, "metadata": g.metadata} for g in gates],
-        "policy": policy.model_dump(),
+        "policy": policy.promotion(),
     }
-    markdown = decision_markdown(day, verdict, reason, evaluation, record["champion"], gates, policy.model_dump())
-    with factory.warehouse() as con:
-        version = registry.register(con, day, manifest_path, manifest_sha, status, reason, record)
-        registry.record_decision(con, version, day, verdict, reason, record, markdown)
-        registry_status = registry.version_row(con, version)["status"]  # a re-run keeps a champion's/retired status
+    markdown = decision_markdown(day, verdict, reason, evaluation, record["champion"], gates, policy.promotion())
+    with registry.connect() as reg:
+        version = model_registry.register(reg, day, manifest_path, manifest_sha, status, reason, record)
+        model_registry.record_decision(reg, version, day, verdict, reason, record, markdown)
+        registry_status = model_registry.version_row(reg, version)["status"]  # a re-run keeps a champion's/retired status
         if verdict == promotion.SHADOW:
-            registry.designate_shadow(con, layout.aliases, version, reason)
+            model_registry.designate_shadow(reg, artefacts.aliases, version, reason)
     context.log.info(f"candidate v{version} ({day}): {verdict}; {reason}")
     return MaterializeResult(
         data_version=DataVersion(manifest_sha),

@@ -1,4 +1,4 @@
-"""``champion_verified``: re-verify the live champion, and roll back automatically when it fails.
+"""``champion_verified``: re-verify the live champion (it only observes; the ``champion_guard`` sensor recovers).
 
 The check is not partitioned: it judges whatever ``aliases/champion.json`` names *now*.  It passes when
 
@@ -7,30 +7,31 @@ The check is not partitioned: it judges whatever ``aliases/champion.json`` names
    (:func:`factory_assets.ml.recsys.artefact.load_manifest_model`, which never unpickles), and
 3. the model scores a seeded sample of its own users with finite scores and a full top-10 of distinct items.
 
-When it fails, the champion is rolled back to the previous eligible champion (the registry's champion stack:
-never rejected, not trained on erased data, and itself passing steps 2-3), recorded as ``rolled_back`` by
-``auto-rollback``; the check still reports the failure (``passed=False``) with metadata naming the versions
-rolled back from and to.  When no earlier champion is eligible it fails and says so; the alias is left alone.
+The check never changes anything: it reports ``passed=False`` with the failure and the version a rollback
+would restore (``rollback_target``; None when no earlier champion is eligible).  The recovery is a run: the
+``champion_guard`` sensor (:mod:`factory_assets.ml.defs.sensors`) verifies the champion on every tick and, when
+it fails, requests a ``served_model`` run with ``action=rollback`` (actor ``auto-rollback``) to the previous
+eligible champion (the registry's champion stack: never rejected, not trained on erased data, and itself
+passing steps 2-3) -- so the catalog's latest ``served_model`` materialization names the restored version.
 
 :func:`verify_champion` and :func:`verify_model` are the pure verifications (files only, no warehouse);
-:func:`auto_rollback` is the recovery (needs a read-write connection).
+:func:`choose_auto_rollback` picks the target (registry reads only) and :func:`auto_rollback` performs the
+recovery directly on a registry connection (outside Dagster: scripts, tests).
 """
 
 import json
 import re
-from datetime import datetime, timezone
 from pathlib import Path
 
-import duckdb
 import numpy as np
 from dagster import AssetCheckExecutionContext, AssetCheckResult, AssetCheckSeverity, MetadataValue, asset_check
+from sqlalchemy.engine import Connection
 
-from factory_assets.platform.partitions import WAREHOUSE_POOL
-from factory_assets.ml.defs.served import SERVED_MODEL
+from factory_assets.ml.defs.served import SERVED_MODEL, apply_rollback
 from factory_assets.ml.recsys.artefact import ArtefactIntegrityError, load_manifest_model
 from factory_assets.ml.recsys.metrics import top_k
 from factory_assets.ml import registry
-from factory_assets.resources import FactoryResource
+from factory_assets.ml.resources import ArtefactStore, RegistryResource
 from factory_assets.platform.settings import HomeLayout
 
 CHAMPION_VERIFIED = "champion_verified"
@@ -122,32 +123,31 @@ def verify_champion(layout: HomeLayout, sample_users: int = SAMPLE_USERS, k: int
     return ok, f"champion v{pointer['version']}: {reason}"
 
 
-def auto_rollback(con: duckdb.DuckDBPyConnection, layout: HomeLayout, failure: str, actor: str = AUTO_ROLLBACK_ACTOR) -> dict:
-    """Replace a champion that failed verification by the previous eligible champion that passes it.
+def choose_auto_rollback(con: Connection, layout: HomeLayout) -> dict:
+    """The version an automatic rollback restores: the newest of :func:`registry.rollback_candidates` that
+    passes :func:`verify_model`.
 
     The current champion is the alias's version, or (when the alias does not parse) the registry's version
-    with status ``champion``; an unparsable alias is moved aside to ``champion.json.corrupt-<UTC stamp>``
-    before the new one is written.  Candidates come from :func:`registry.rollback_candidates`, newest first;
-    each must pass :func:`verify_model`.
+    with status ``champion``.
 
     Returns:
-        ``{"rolled_back_from", "rolled_back_to", "pointer", "skipped": [{"version", "reason"}]}``.
+        ``{"rolled_back_from": int, "rolled_back_to": int, "skipped": [{"version", "reason"}]}``.
     Raises:
         LookupError: there is no current champion, or no earlier champion is eligible and verifiable (the
-            message lists what was skipped and why); nothing changes then.
+            message lists what was skipped and why).
     """
     try:
         pointer = read_champion_alias(layout)
-        corrupt = False
     except AliasError:
-        pointer, corrupt = None, True
+        pointer = None
     if pointer is not None:
         current = int(pointer["version"])
     else:
-        rows = con.execute(f"SELECT version FROM {registry.VERSIONS} WHERE status = ? ORDER BY version DESC", [registry.CHAMPION]).fetchall()
-        if not rows:
+        frame = registry.versions(con)
+        champions = frame[frame["status"] == registry.CHAMPION]["version"].tolist()
+        if not champions:
             raise LookupError("there is no champion to roll back from")
-        current = int(rows[0][0])
+        current = int(max(champions))
     skipped = []
     target = None
     for version in registry.rollback_candidates(con, current):
@@ -160,65 +160,67 @@ def auto_rollback(con: duckdb.DuckDBPyConnection, layout: HomeLayout, failure: s
     if target is None:
         detail = "; ".join(f"v{s['version']}: {s['reason']}" for s in skipped) or "the champion stack holds none"
         raise LookupError(f"no earlier eligible champion to roll back to from v{current} ({detail})")
-    text = f"champion_verified failed: {failure}"
-    if corrupt:  # registry.rollback reads the alias; an unparsable one is kept aside as evidence, then replaced
-        bad = registry.alias_path(layout.aliases)
-        bad.rename(bad.with_name(f"{bad.name}.corrupt-{datetime.now(timezone.utc):%Y%m%dT%H%M%S%fZ}"))
-        row = registry.version_row(con, target)
-        new = registry.promote(
-            con, layout.aliases, target, f"rollback from v{current} by {actor}: {text}",
-            {"metrics": row["metrics"].get("evaluation", {}).get("model", {}), "previous_version": current},
-            action="rolled_back", actor=actor,
-        )
-    else:
-        new = registry.rollback(con, layout.aliases, text, actor, to_version=target)
-    return {"rolled_back_from": current, "rolled_back_to": target, "pointer": new, "skipped": skipped}
+    return {"rolled_back_from": current, "rolled_back_to": target, "skipped": skipped}
+
+
+def auto_rollback_reason(failure: str) -> str:
+    """The reason an automatic rollback records (``registry.rollback`` prefixes ``rollback from vN by ACTOR: ``)."""
+    return f"champion_verified failed: {failure}"
+
+
+def auto_rollback(con: Connection, layout: HomeLayout, failure: str, actor: str = AUTO_ROLLBACK_ACTOR) -> dict:
+    """Replace a champion that failed verification by the previous eligible champion that passes it, directly
+    (no Dagster run: the ``champion_guard`` sensor requests a ``served_model`` run instead).
+
+    An unparsable alias is moved aside to ``champion.json.corrupt-<UTC stamp>`` before the new one is written.
+
+    Returns:
+        ``{"rolled_back_from", "rolled_back_to", "pointer", "skipped": [{"version", "reason"}]}``.
+    Raises:
+        LookupError: see :func:`choose_auto_rollback`; nothing changes then.
+    """
+    choice = choose_auto_rollback(con, layout)
+    pointer = apply_rollback(con, layout.aliases, auto_rollback_reason(failure), actor, choice["rolled_back_to"])
+    return {**choice, "pointer": pointer}
 
 
 @asset_check(
     asset=SERVED_MODEL,
     name=CHAMPION_VERIFIED,
     blocking=False,
-    pool=WAREHOUSE_POOL,
     description="The live champion's alias parses, its manifest and served artefact match their sha256 and it "
-    "scores a sample of its users with finite, full top-10s. On failure the previous eligible champion is "
-    "restored automatically (actor auto-rollback) and the check reports the failure.",
+    "scores a sample of its users with finite, full top-10s. Observes only: on failure the champion_guard sensor "
+    "requests a served_model rollback run (actor auto-rollback).",
 )
-def champion_verified(context: AssetCheckExecutionContext, factory: FactoryResource) -> AssetCheckResult:
-    """Verify the champion; on failure roll back (see the module docstring) and report ``passed=False``."""
-    layout = factory.layout.ensure()
+def champion_verified(context: AssetCheckExecutionContext, artefacts: ArtefactStore,
+                      registry: RegistryResource) -> AssetCheckResult:
+    """Verify the champion; report ``passed=False`` with the failure and the rollback target (changes nothing)."""
+    layout = artefacts.layout.ensure()
     ok, reason = verify_champion(layout)
-    if ok:
+    try:
         pointer = read_champion_alias(layout)
-        return AssetCheckResult(
-            passed=True,
-            description=reason,
-            metadata={"champion_version": MetadataValue.int(pointer["version"]) if pointer else MetadataValue.null()},
-        )
+    except AliasError:
+        pointer = None
+    version = MetadataValue.int(pointer["version"]) if pointer else MetadataValue.null()
+    if ok:
+        return AssetCheckResult(passed=True, description=reason, metadata={"champion_version": version})
     context.log.error(f"champion verification failed: {reason}")
-    with factory.warehouse() as con:
+    with registry.connect() as con:
         try:
-            outcome = auto_rollback(con, layout, reason)
+            choice = choose_auto_rollback(con, layout)
+            target, problem, skipped = choice["rolled_back_to"], None, choice["skipped"]
         except LookupError as exc:
-            context.log.error(f"automatic rollback impossible: {exc}")
-            return AssetCheckResult(
-                passed=False,
-                severity=AssetCheckSeverity.ERROR,
-                description=f"{reason}. No automatic rollback: {exc}",
-                metadata={"failure": reason, "rolled_back": False, "rollback_error": str(exc)},
-            )
-    context.log.warning(f"rolled back from v{outcome['rolled_back_from']} to v{outcome['rolled_back_to']}")
+            target, problem, skipped = None, str(exc), []
     return AssetCheckResult(
         passed=False,
         severity=AssetCheckSeverity.ERROR,
-        description=f"{reason}. Rolled back automatically from v{outcome['rolled_back_from']} to "
-        f"v{outcome['rolled_back_to']}.",
+        description=f"{reason}. " + (f"champion_guard rolls back to v{target}." if target is not None
+                                     else f"No automatic rollback: {problem}"),
         metadata={
             "failure": reason,
-            "rolled_back": True,
-            "rolled_back_from": MetadataValue.int(outcome["rolled_back_from"]),
-            "rolled_back_to": MetadataValue.int(outcome["rolled_back_to"]),
-            "skipped": MetadataValue.json(outcome["skipped"]),
-            "new_champion_sha256": outcome["pointer"]["sha256"],
+            "champion_version": version,
+            "rollback_target": MetadataValue.int(target) if target is not None else MetadataValue.null(),
+            "rollback_error": problem or "",
+            "skipped": MetadataValue.json(skipped),
         },
     )

@@ -1,9 +1,11 @@
 """``shadow_evaluation``: score the champion and the shadow on the day's served traffic; promote a proven shadow.
 
 Partition D reads the served-recommendation log of UTC day D (``<home>/<source>/served_log/``, schema and
-attribution rule in :mod:`factory_assets.ml.served_log`) and the purchases of D from ``raw_events``, scores
-every ``(champion_version, shadow_version)`` pair the log holds on the requests logged for both roles, and
-replaces D's rows in the warehouse table :data:`SHADOW_SCORES`.
+attribution rule in :mod:`factory_assets.ml.served_log`) and the purchases of D from the feature store
+(:func:`day_purchases`: ``user_item_daily.last_purchase_ts`` of D), scores every
+``(champion_version, shadow_version)`` pair the log holds on the requests logged for both roles, and replaces
+D's rows in the table :data:`SHADOW_SCORES` (in the feature store's warehouse, reached through the
+``feature_store`` resource).
 
 Promotion rule (:class:`ShadowConfig`, :func:`factory_assets.ml.served_log.shadow_verdict`): the *current*
 shadow (the ``shadow`` alias) is promoted to champion when its pair with the *current* champion was scored
@@ -11,7 +13,9 @@ on at least ``min_days`` days up to and including D (days with at least ``min_re
 and its NDCG@10 beat the champion's by more than ``min_lift`` on each of the last ``min_days`` of them.
 Otherwise the verdict is "keep collecting".  Before promoting, the shadow's registry status must still be
 ``shadow`` (not rejected, retired or trained on erased data) and its manifest and served artefact must
-match their digests.  Days with no shadow, no log or no paired request materialise with ``n_requests`` 0 and a
+match their digests.  The asset does not move the alias itself: it records ``promotion_requested`` (and the
+version and evidence) in its metadata, and the ``shadow_promoter`` sensor launches the ``served_model`` run
+(``action=shadow_promotion``) that does.  Days with no shadow, no log or no paired request materialise with ``n_requests`` 0 and a
 note saying which; unreadable log files are skipped and listed in the metadata.
 """
 
@@ -24,12 +28,14 @@ import pandas as pd
 from dagster import AssetExecutionContext, Config, DataVersion, Failure, MaterializeResult, MetadataValue, asset
 from pydantic import Field
 
+from factory_assets.feature_store import contract
+from factory_assets.feature_store.resource import FeatureStoreResource
+from factory_assets.feature_store.store import USER_ITEM_DAILY
 from factory_assets.ml import served_log as serving_log
-from factory_assets.data import warehouse
 from factory_assets.platform.partitions import DAILY, GROUP_SERVING, ONE_RUN_PER_PARTITION, WAREHOUSE_POOL, partition_day
 from factory_assets.ml.recsys.artefact import ArtefactIntegrityError, load_manifest_model
-from factory_assets.ml import registry
-from factory_assets.resources import FactoryResource
+from factory_assets.ml import registry as model_registry
+from factory_assets.ml.resources import ArtefactStore, RegistryResource
 
 SHADOW_EVALUATION = "shadow_evaluation"
 SHADOW_SCORES = "shadow_scores"
@@ -64,6 +70,26 @@ class ShadowConfig(Config):
 def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
     """Create :data:`SHADOW_SCORES` if missing (idempotent)."""
     con.execute(_DDL)
+
+
+def day_purchases(con: duckdb.DuckDBPyConnection, day: date) -> pd.DataFrame:
+    """The purchases of UTC ``day`` from the feature store: one row per user x item bought that day, with the
+    time of the pair's last purchase (``user_item_daily.last_purchase_ts``).
+
+    The attribution rule (:func:`factory_assets.ml.served_log.attributed_purchases`) credits a request with an
+    item bought after it and before the next UTC midnight; for purchases of the request's own day that holds
+    for some purchase exactly when it holds for the last one, so this gives the same credits as every
+    purchase event would.
+
+    Returns:
+        ``user_id``, ``item_id`` (str), ``ts`` (``datetime64[us, UTC]``).
+    """
+    frame = con.execute(
+        f"SELECT user_id, item_id, last_purchase_ts AS ts FROM {USER_ITEM_DAILY} "
+        "WHERE day = ? AND last_purchase_ts IS NOT NULL ORDER BY user_id, item_id", [day],
+    ).df()
+    frame["ts"] = pd.to_datetime(frame["ts"], utc=True).astype("datetime64[us, UTC]")
+    return frame
 
 
 def score_rows(day: date, log: pd.DataFrame, purchases: pd.DataFrame, champion: int | None, shadow: int | None) -> list[dict]:
@@ -168,78 +194,75 @@ def _rows_version(rows: list[dict]) -> str:
 @asset(
     name=SHADOW_EVALUATION,
     partitions_def=DAILY,
-    deps=[warehouse.RAW_EVENTS],
+    deps=[USER_ITEM_DAILY],
     group_name=GROUP_SERVING,
     kinds={"duckdb", "parquet"},
     pool=WAREHOUSE_POOL,
     backfill_policy=ONE_RUN_PER_PARTITION,
     code_version="1",
     description="Champion vs shadow on the day's served-recommendation log, joined with the day's later purchases "
-    "(table shadow_scores); promotes the shadow once it has beaten the champion on enough logged days.",
+    "(table shadow_scores); once the shadow has beaten the champion on enough logged days it requests its "
+    "promotion (the shadow_promoter sensor launches the served_model run).",
 )
-def shadow_evaluation(context: AssetExecutionContext, config: ShadowConfig, factory: FactoryResource) -> MaterializeResult:
+def shadow_evaluation(context: AssetExecutionContext, config: ShadowConfig, feature_store: FeatureStoreResource,
+                      registry: RegistryResource, artefacts: ArtefactStore) -> MaterializeResult:
     day = partition_day(context)
-    layout = factory.layout.ensure()
+    layout = artefacts.layout.ensure()
     problems: list[serving_log.LogProblem] = []
     log = serving_log.read_log(serving_log.log_directory(layout.root), day, problems)
-    champion = registry.read_alias(layout.aliases)
-    shadow = registry.read_alias(layout.aliases, registry.SHADOW)
+    champion = model_registry.read_alias(layout.aliases)
+    shadow = model_registry.read_alias(layout.aliases, model_registry.SHADOW)
     champion_v = None if champion is None else int(champion["version"])
     shadow_v = None if shadow is None else int(shadow["version"])
-    promoted = None
-    with factory.warehouse() as con:
+    requested, evidence, promotion_reason = False, {}, ""
+    with feature_store.connect() as con:
         ensure_schema(con)
-        if not log.empty and warehouse.ledger(con, warehouse.RAW_EVENTS, day, day).empty:
+        if not log.empty and contract.ledger(con, USER_ITEM_DAILY, day, day).empty:
             raise Failure(
-                description=f"raw_events {day} is not materialised: the day's purchases are unknown, so its "
-                "served log cannot be scored yet", allow_retries=False,
+                description=f"{USER_ITEM_DAILY} {day} is not materialised (nor, perhaps, raw_events): the day's "
+                "purchases are unknown, so its served log cannot be scored yet", allow_retries=False,
             )
-        purchases = con.execute(
-            f"SELECT user_id, item_id, ts FROM {warehouse.RAW_EVENTS} WHERE partition_day = ? AND event_type = 'purchase'",
-            [day],
-        ).df()
+        purchases = day_purchases(con, day)
         rows = score_rows(day, log, purchases, champion_v, shadow_v)
         replace_day(con, day, rows)
         table = scores(con, day)
-
-        if shadow_v is None:
-            verdict_text = "no shadow designated: nothing to promote"
-        elif champion_v is None:
-            verdict_text = f"no champion to compare shadow v{shadow_v} with: nothing to promote"
-        else:
-            verdict = serving_log.shadow_verdict(
-                table, champion_v, shadow_v, day, config.min_days, config.min_lift, config.min_requests
-            )
-            verdict_text = verdict.reason
-            if verdict.promote:
-                row = registry.version_row(con, shadow_v)
-                if row["status"] != registry.SHADOW or registry.has_event(con, shadow_v, registry.ERASED_DATA):
-                    verdict_text = f"not promoted: v{shadow_v} is {row['status']} ({row['reason']}); {verdict.reason}"
-                    context.log.warning(verdict_text)
-                else:
-                    try:
-                        load_manifest_model(row["manifest_path"], "served", row["manifest_sha256"])
-                    except (ArtefactIntegrityError, FileNotFoundError) as exc:
-                        raise Failure(
-                            description=f"shadow v{shadow_v} proved better but failed verification: {exc}",
-                            allow_retries=False,
-                        ) from exc
-                    current = [r for r in rows if r["shadow_version"] == shadow_v and r["champion_version"] == champion_v]
-                    promoted = registry.promote(
-                        con, layout.aliases, shadow_v, f"shadow on live traffic: {verdict.reason}",
-                        {
-                            "source": factory.source,
-                            "metrics": row["metrics"].get("evaluation", {}).get("model", {}),
-                            "shadow_scores": {
-                                "days": [d.isoformat() for d in verdict.days],
-                                "last_day": {k: current[0][k] for k in ("n_requests", "champion_ndcg_at_10", "shadow_ndcg_at_10")} if current else None,
-                            },
-                        },
-                        action="promoted",
-                    )
-                    verdict_text = f"promoted v{shadow_v} to champion (was v{champion_v}): {verdict.reason}"
-                    context.log.info(verdict_text)
         history = table.tail(HISTORY_ROWS)
+
+    if shadow_v is None:
+        verdict_text = "no shadow designated: nothing to promote"
+    elif champion_v is None:
+        verdict_text = f"no champion to compare shadow v{shadow_v} with: nothing to promote"
+    else:
+        verdict = serving_log.shadow_verdict(
+            table, champion_v, shadow_v, day, config.min_days, config.min_lift, config.min_requests
+        )
+        verdict_text = verdict.reason
+        if verdict.promote:
+            with registry.connect() as reg:
+                row = model_registry.version_row(reg, shadow_v)
+                tainted = model_registry.has_event(reg, shadow_v, model_registry.ERASED_DATA)
+            if row["status"] != model_registry.SHADOW or tainted:
+                verdict_text = f"not promoted: v{shadow_v} is {row['status']} ({row['reason']}); {verdict.reason}"
+                context.log.warning(verdict_text)
+            else:
+                try:
+                    load_manifest_model(row["manifest_path"], "served", row["manifest_sha256"])
+                except (ArtefactIntegrityError, FileNotFoundError) as exc:
+                    raise Failure(
+                        description=f"shadow v{shadow_v} proved better but failed verification: {exc}",
+                        allow_retries=False,
+                    ) from exc
+                current = [r for r in rows if r["shadow_version"] == shadow_v and r["champion_version"] == champion_v]
+                requested = True
+                promotion_reason = f"shadow on live traffic: {verdict.reason}"
+                evidence = {
+                    "shadow_scores": {
+                        "days": [d.isoformat() for d in verdict.days],
+                        "last_day": {k: current[0][k] for k in ("n_requests", "champion_ndcg_at_10", "shadow_ndcg_at_10")} if current else None,
+                    },
+                }
+                verdict_text = f"promotion of v{shadow_v} to champion requested (was v{champion_v}): {verdict.reason}"
+                context.log.info(verdict_text)
 
     main = max(rows, key=lambda r: (r["shadow_version"] == shadow_v and r["champion_version"] == champion_v, r["n_requests"]))
     number = lambda v: MetadataValue.float(float(v)) if v is not None else MetadataValue.null()  # noqa: E731
@@ -257,7 +280,11 @@ def shadow_evaluation(context: AssetExecutionContext, config: ShadowConfig, fact
             "ndcg_lift": number(main["ndcg_lift"]),
             "note": main["note"],
             "pairs_scored": sum(1 for r in rows if r["n_requests"] > 0),
-            "promoted": promoted is not None,
+            "promotion_requested": requested,  # the shadow_promoter sensor launches the served_model run
+            "promote_version": version(shadow_v if requested else None),
+            "promote_from_version": version(champion_v if requested else None),
+            "promotion_reason": promotion_reason,
+            "promotion_evidence": MetadataValue.json(evidence),
             "verdict": verdict_text,
             "log_files": len(log.attrs.get("files", [])),
             "log_problems": MetadataValue.json([str(p) for p in problems]),
