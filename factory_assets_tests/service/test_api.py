@@ -197,7 +197,7 @@ def test_metrics_in_prometheus_text_format(home, make_client):
     assert client.get("/metrics").headers["content-type"].startswith("text/plain")
     assert 'factory_serve_requests_total{method="GET",route="/recommendations/{user_id}",status="200"} 2' in text
     assert 'factory_serve_requests_total{method="GET",route="/recommendations/{user_id}",status="422"} 1' in text
-    assert 'factory_serve_request_duration_seconds_bucket{route="/recommendations/{user_id}",le="+Inf"} 3' in text
+    assert 'factory_serve_request_duration_seconds_bucket{le="+Inf",route="/recommendations/{user_id}"} 3' in text  # labels sorted
     assert 'factory_serve_model_version{role="champion"} 3' in text
     assert "factory_serve_fallback_rate 0.5" in text
     assert "# TYPE factory_serve_request_duration_seconds histogram" in text

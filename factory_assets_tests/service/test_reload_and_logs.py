@@ -186,7 +186,7 @@ def test_impressions_land_atomically_and_the_folder_source_reads_them(home, make
 
 
 def test_impressions_are_ingested_by_raw_events(home, make_client, tmp_path):
-    from factory_assets.resources import FactoryResource
+    from factory_assets.resources import Factory
     from factory_assets_tests.helpers import run
 
     landing = tmp_path / "landing"
@@ -195,7 +195,7 @@ def test_impressions_are_ingested_by_raw_events(home, make_client, tmp_path):
     client.post("/recommendations", json={"user_ids": ["u0", "u1"], "k": 4})
     client.app.state.service.writer.flush()
     factory_home = tmp_path / "factory"
-    factory = FactoryResource(home=str(factory_home), source="folder", source_path=str(landing))
+    factory = Factory(home=str(factory_home), source="folder", source_path=str(landing))
     result = run(factory, DAY, ["raw_events"])
     assert result.success
     with duckdb.connect(str(factory.layout.warehouse), read_only=True) as con:
@@ -208,11 +208,10 @@ def test_admin_rollback_moves_the_alias_and_reloads(home, make_client):
 
     layout = HomeLayout(home, SOURCE).ensure()
     pointers = [publish(home, hand_model(seed=s), s) for s in (1, 2)]
-    with duckdb.connect(str(layout.warehouse)) as con:
-        registry.ensure_schema(con)
+    with registry.connect(registry.default_url(layout.root)) as reg:
         for p in pointers:
-            version = registry.register(con, DAY, Path(p["path"]), p["sha256"], "candidate", "test", {})
-            registry.promote(con, layout.aliases, version, "test")
+            version = registry.register(reg, DAY, Path(p["path"]), p["sha256"], "candidate", "test", {})
+            registry.promote(reg, layout.aliases, version, "test")
     client = make_client()
     assert client.get("/recommendations/u1").json()["model_version"] == 2
     r = client.post("/admin/rollback", json={"reason": "bad clicks"}, headers=AUTH)
@@ -286,11 +285,11 @@ def test_champion_alias_missing_at_start_is_reported(home, make_client, caplog):
 @pytest.fixture
 def load_calls(monkeypatch):
     """Count :func:`load_alias` calls made by the service and :meth:`RankedLists.build` calls (precomputes)."""
-    from factory_assets.serving import app as app_module
+    from factory_assets.serving import watcher as watcher_module
     from factory_assets.serving.scorer import RankedLists
 
     calls = {"load_alias": 0, "precompute": 0}
-    load_alias, build = app_module.load_alias, RankedLists.build.__func__
+    load_alias, build = watcher_module.load_alias, RankedLists.build.__func__
 
     def counting_load_alias(*args, **kwargs):
         calls["load_alias"] += 1
@@ -300,7 +299,7 @@ def load_calls(monkeypatch):
         calls["precompute"] += 1
         return build(cls, *args, **kwargs)
 
-    monkeypatch.setattr(app_module, "load_alias", counting_load_alias)
+    monkeypatch.setattr(watcher_module, "load_alias", counting_load_alias)
     monkeypatch.setattr(RankedLists, "build", classmethod(counting_build))
     return calls
 
