@@ -3,7 +3,7 @@ Dagster or as a plain script, peak RSS, tables and JSON.
 
 The *plain* cycle calls the very same asset bodies (``AssetsDefinition.op.compute_fn.decorated_fn``) in the
 job's topological order, with a minimal stand-in for the Dagster context (``partition_key``, ``log``,
-``retry_number``) and the ``FactoryResource`` / op configs built directly: same library calls, same order,
+``retry_number``) and the ``Factory`` / op configs built directly: same library calls, same order,
 same warehouse writes, but no Dagster instance, run/event storage, step orchestration, resource/config
 resolution or check-result handling.  The difference between the two is the framework's overhead.
 """
@@ -128,9 +128,9 @@ def shop(events_per_day: float, **extra) -> dict:
 
 
 def make_factory(home: Path, shop_options: dict):
-    from factory_assets.resources import FactoryResource, SimulatorOptions
+    from factory_assets.resources import Factory, SimulatorOptions
 
-    return FactoryResource(home=str(home), source="simulator", source_path="", simulator=SimulatorOptions(**shop_options))
+    return Factory(home=str(home), source="simulator", source_path="", simulator=SimulatorOptions(**shop_options))
 
 
 def run_config(home: Path, shop_options: dict, candidate: dict | None = None) -> dict:
@@ -217,7 +217,7 @@ def plain_cycle(home: Path, shop_options: dict, day: date, candidate: dict, jobs
     """The jobs' op bodies (``compute_fn.decorated_fn``) called directly, in the jobs' topological order.
 
     Arguments are built from each body's signature: ``context`` -> a stand-in (partition_key, log,
-    retry_number), resources by key (``factory`` -> the FactoryResource of ``home``), ``config`` -> its Config
+    retry_number), resources by key (``factory`` -> the Factory of ``home``), ``config`` -> its Config
     class with defaults (``candidate`` for candidate_model).  A blocking check that fails skips everything
     downstream of its asset, as Dagster would.  ``only``: run just these op names (e.g. setup of a champion).
     """

@@ -15,12 +15,12 @@ def _defs() -> Definitions:
     from factory_assets import definitions as d
 
     jobs = [define_asset_job(j.name, selection=j.selection, executor_def=multiprocess_executor)
-            for j in (d.daily_ingest, d.daily_training)]
+            for j in (d.defs.get_job_def(d.INGEST_JOB), d.defs.get_job_def(d.TRAINING_JOB))]
     return Definitions(
         assets=[*d.DATAOPS_ASSETS, *d.MLOPS_ASSETS, *d.MONITORING_ASSETS],
-        asset_checks=[d.champion_verified],
+        asset_checks=list(d.mlops.ASSET_CHECKS),
         jobs=jobs,
-        resources={"factory": d.FactoryResource(), "alert_webhook": d.AlertWebhook()},
+        resources={**d.dataops.RESOURCES, **d.mlops.RESOURCES},
     )
 
 

@@ -40,7 +40,7 @@ Cases
                 and schedules.db; ``PRAGMA quick_check``), and a further run on the home must succeed (first
                 repeat always; later repeats only when the winner did not complete or the instance looks bad:
                 the winner's own 21 later runs already use the instance after the loser exited).
-``flaky``       one whole run with ``FactoryResource.fault_rate=0.3`` (added to every run's config by the child:
+``flaky``       one whole run with ``Factory.fault_rate=0.3`` (added to every run's config by the child:
                 ``cli.run`` has no parameter for it); raw_events retries transient source errors
                 (``FETCH_RETRY``: 4 retries, exponential back-off 0.5 s .. 4 s).  Identical to the reference?
                 How many transient failures, retries (Dagster's ``STEP_UP_FOR_RETRY`` events) and how many the
@@ -124,7 +124,7 @@ def child(ns: argparse.Namespace) -> int:
     from factory_assets import cli
     from factory_assets.platform import runguard, settings
 
-    if ns.fault_rate:  # FactoryResource.fault_rate / fault_seed through every run's run config
+    if ns.fault_rate:  # Factory.fault_rate / fault_seed through every run's run config
         from dagster import JobDefinition
 
         original = JobDefinition.execute_in_process

@@ -121,8 +121,11 @@ def run(args: argparse.Namespace, simulator: dict | None = None, candidate: dict
         if not Path(path).exists():
             raise SystemExit(f"factory: --path {path} does not exist")
     home = Path(args.home).expanduser().resolve() if args.home else settings.factory_home()
-    os.environ["FACTORY_HOME"] = str(home)
-    os.environ["FACTORY_SOURCE"] = source  # definitions below read the source's window length
+    window_days = settings.window_days(source)  # resolved once here, passed to every run as its config
+    try:
+        settings.HomeLayout(home, source).check_format()
+    except settings.HomeFormatError as exc:
+        raise SystemExit(f"factory: {exc}") from None
     if source == "simulator" and (args.start is None or args.end is None):
         default_start, default_end, shift = default_simulator_range()
         if args.start is None and args.end is None and "shift_date" not in (simulator or {}):
@@ -136,15 +139,15 @@ def run(args: argparse.Namespace, simulator: dict | None = None, candidate: dict
     slot_wait_s = settings.slot_wait_seconds()
 
     dagster_home = _writable_home(home)
-    from factory_assets.platform.partitions import DAILY, WAREHOUSE_POOL, WINDOW_DAYS
+    from factory_assets.platform.partitions import DAILY, WAREHOUSE_POOL
 
     first = date.fromisoformat(DAILY.get_first_partition_key())
     last = date.fromisoformat(DAILY.get_last_partition_key())
-    _check_range(start, end, first, last, WINDOW_DAYS)
+    _check_range(start, end, first, last, window_days)
     try:
         with runguard.home_lock(home):  # HomeInUse is raised on entry only
             return _run_locked(args, source, path, home, dagster_home, start, end, simulator, candidate, started,
-                               slot_wait_s, WAREHOUSE_POOL, WINDOW_DAYS)
+                               slot_wait_s, WAREHOUSE_POOL, window_days)
     except runguard.HomeInUse as exc:
         raise SystemExit(f"factory: {exc}") from None
 
@@ -179,17 +182,14 @@ def _run_locked(args, source, path, home, dagster_home, start, end, simulator, c
 
     from factory_assets.platform import runguard
     from factory_assets.definitions import INGEST_JOB, TRAINING_JOB, defs
-    from factory_assets.resources import FactoryResource, SimulatorOptions
+    from factory_assets.resources import Factory
 
-    factory_config = {"home": str(home), "source": source, "source_path": path or ""}
-    if simulator:
-        factory_config["simulator"] = dict(simulator)
-    run_config = {"resources": {"factory": {"config": factory_config}},
+    factory = Factory(home=str(home), source=source, source_path=path or "", simulator=dict(simulator or {}),
+                      policy={"window_days": window_days, "history_days": settings.history_days(source)})
+    run_config = {"resources": factory.run_config(),
                   # Dagster's console logger prints every event at DEBUG: INFO and above unless --verbose
                   "loggers": {"console": {"config": {"log_level": "DEBUG" if getattr(args, "verbose", False) else "INFO"}}}}
     training_config = {**run_config, "ops": {"candidate_model": {"config": dict(candidate)}}} if candidate else run_config
-    factory = FactoryResource(home=str(home), source=source, source_path=path or "",
-                              simulator=SimulatorOptions(**(simulator or {})))
     if not getattr(args, "verbose", False):  # a fresh instance's schema migrations print ~340 alembic INFO lines
         logging.getLogger("alembic").setLevel(logging.WARNING)
     instance = runguard.open_instance(dagster_home)
@@ -351,15 +351,17 @@ def _summary(source, factory, dagster_home, start, end, days, trained, runs, rea
     last_row = window = None
     n_versions = n_promotions = None
     if read_registry:
-        with factory.warehouse() as con:
-            last_day = date.fromisoformat(trained[-1]["partition"]) if trained else None
-            last_version = trained[-1].get("version") if trained else None
+        last_day = date.fromisoformat(trained[-1]["partition"]) if trained else None
+        last_version = trained[-1].get("version") if trained else None
+        with factory.registry() as reg:
             # this run's decision for the last day (a re-run decides again; the version row keeps the first one)
-            last_row = registry.latest_decision(con, int(last_version)) if last_version is not None else None
-            window = store.load_window_manifest(con, last_day) if last_day else None
-            n_versions = len(registry.versions(con))
-            events = registry.history(con)
+            last_row = registry.latest_decision(reg, int(last_version)) if last_version is not None else None
+            n_versions = len(registry.versions(reg))
+            events = registry.history(reg)
             n_promotions = int((events["action"] == "promoted").sum())
+        if last_day:
+            with factory.warehouse() as con:
+                window = store.load_window_manifest(con, last_day)
     champion = registry.read_alias(factory.layout.aliases)
     checks = []
     if window is not None:
@@ -516,7 +518,8 @@ def demo(args: argparse.Namespace) -> int:
 
 
 def dev(extra: list[str]) -> int:
-    """Seed the instance under FACTORY_HOME and exec ``dagster dev`` on it."""
+    """Seed the instance under FACTORY_HOME and exec ``dagster dev`` on it, with the project's ``workspace.yaml``
+    (the DataOps and MLOps code locations) unless ``extra`` names another target."""
     from factory_assets.platform import runguard
 
     try:
@@ -527,6 +530,9 @@ def dev(extra: list[str]) -> int:
         return _refuse(str(exc.code), as_json=False)
     beside = Path(sys.executable).with_name("dagster")  # the venv's own, whether or not it is on PATH
     program = str(beside) if beside.exists() else "dagster"
+    targets = ("-w", "--workspace", "-m", "--module-name", "-f", "--python-file", "--package-name", "-d")
+    if not any(arg.split("=")[0] in targets for arg in extra):  # default: the two code locations of workspace.yaml
+        extra = ["-w", str(settings.PROJECT_WORKSPACE_YAML), *extra]
     os.execvp(program, [program, "dev", *extra])
     return 0  # pragma: no cover - exec does not return
 
@@ -587,16 +593,21 @@ def _refuse(message: str, as_json: bool) -> int:
     return 2
 
 
-def check_settings() -> None:
+def check_settings(source: str | None = None) -> None:
     """Read every ``FACTORY_*`` setting once, so a bad value stops a command before it starts any run.
+
+    ``source``: the ``--source`` given (its window and history defaults apply), else ``FACTORY_SOURCE``.
 
     Raises:
         settings.SettingsError: naming the variable and its value.
     """
-    settings.source_name()
+    if source is None:
+        source = settings.source_name()
+    elif source not in settings.SOURCE_NAMES:
+        return  # run() refuses it with its own one-line message
     settings.partition_start()
-    settings.window_days()
-    settings.history_days()
+    settings.window_days(source)
+    settings.history_days(source)
     from factory_assets.platform.executors import MissingExecutorPackage, executor_for
 
     try:
@@ -612,9 +623,7 @@ def _dispatch(args) -> int:
     from factory_assets.serving import serve_cli as service_cli
 
     if args.command in ("run", "demo", "dev"):
-        if getattr(args, "source", None):  # --source overrides FACTORY_SOURCE (run() sets it the same way)
-            os.environ["FACTORY_SOURCE"] = args.source
-        check_settings()
+        check_settings(getattr(args, "source", None))
     if args.command == "dev":
         return dev(args.extra)
     if args.command == "models":

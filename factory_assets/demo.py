@@ -124,15 +124,15 @@ def run_factory(home: Path, config: DemoConfig) -> dict:
             os.environ["DAGSTER_HOME"] = previous
 
 
-def served_models(con) -> list[Served]:
+def served_models(reg) -> list[Served]:
     """Every promoted version in promotion order, with the first day it served and its verified artefact."""
     from factory_assets.ml import registry
 
-    events = registry.history(con)
+    events = registry.history(reg)
     promoted = events[events["action"] == "promoted"]
     out = []
     for version in promoted["version"].astype(int):
-        row = registry.version_row(con, version)
+        row = registry.version_row(reg, version)
         model = load_manifest_model(row["manifest_path"], "served", row["manifest_sha256"])
         out.append(Served(version, pd.Timestamp(row["partition_day"]).date() + timedelta(days=1), model))
     return out
@@ -179,7 +179,7 @@ def score(top: np.ndarray, truth: list[set[str]], catalogue: pd.Index) -> dict:
 
 
 def drift_rows(con) -> dict[date, dict]:
-    from factory_assets.data.defs.monitoring import DRIFT_HISTORY
+    from factory_assets.feature_store.contract import DRIFT_HISTORY
 
     frame = con.execute(f"SELECT partition_day, psi_items, psi_categories, js_distance_categories, drifted FROM {DRIFT_HISTORY}").df()
     return {
@@ -203,9 +203,13 @@ def evaluate_days(home: Path, config: DemoConfig) -> list[dict]:
 
     sim = config.shop()
     catalogue = pd.Index(sim.item_ids().astype(str))
-    con = duckdb.connect(str(settings.HomeLayout(home.resolve(), "simulator").warehouse), read_only=True)
+    from factory_assets.ml import registry
+
+    layout = settings.HomeLayout(home.resolve(), "simulator")
+    with registry.connect(registry.default_url(layout.root)) as reg:
+        served = served_models(reg)
+    con = duckdb.connect(str(layout.warehouse), read_only=True)
     try:
-        served = served_models(con)
         static = champion_on(served, config.shift_date)
         drift = drift_rows(con)
         rows, previous = [], None

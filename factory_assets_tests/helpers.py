@@ -9,7 +9,7 @@ import pytest
 from dagster import DagsterInstance, ExecuteInProcessResult, materialize
 
 from factory_assets.definitions import DATAOPS_ASSETS, MLOPS_ASSETS
-from factory_assets.resources import FactoryResource, SimulatorOptions
+from factory_assets.resources import Factory, SimulatorOptions
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
@@ -35,30 +35,30 @@ def require_shared(*parts: str) -> Path:
     return path
 
 
-def small_factory(home: Path, **overrides) -> FactoryResource:
-    return FactoryResource(home=str(home), source="simulator", source_path="", simulator=SimulatorOptions(**SMALL_SHOP), **overrides)
+def small_factory(home: Path, **overrides) -> Factory:
+    return Factory(home=str(home), source="simulator", source_path="", simulator=SimulatorOptions(**SMALL_SHOP), **overrides)
 
 
-def run(factory: FactoryResource, day: date, selection: list[str], instance: DagsterInstance | None = None,
+def run(factory: Factory, day: date, selection: list[str], instance: DagsterInstance | None = None,
         run_config: dict | None = None) -> ExecuteInProcessResult:
     return materialize(
         ALL_ASSETS,
         selection=selection,
         partition_key=day.isoformat(),
-        resources={"factory": factory},
+        resources=factory.resources(),
         instance=instance,
         raise_on_error=False,
         run_config=run_config,
     )
 
 
-def ingest(factory: FactoryResource, ingest_days: list[date]) -> None:
+def ingest(factory: Factory, ingest_days: list[date]) -> None:
     for day in ingest_days:
         result = run(factory, day, INGEST)
         assert result.success, f"ingest {day} failed"
 
 
-def train(factory: FactoryResource, day: date, instance: DagsterInstance | None = None,
+def train(factory: Factory, day: date, instance: DagsterInstance | None = None,
           candidate: dict | None = None) -> ExecuteInProcessResult:
     """The training selection for ``day``; ``candidate``: ``CandidateConfig`` fields of ``candidate_model``."""
     config = None if candidate is None else {"ops": {"candidate_model": {"config": candidate}}}

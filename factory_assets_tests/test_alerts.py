@@ -35,7 +35,7 @@ from factory_assets.platform.alerts import (
     run_failure_payloads,
 )
 from factory_assets.definitions import defs
-from factory_assets.resources import FactoryResource
+from factory_assets.resources import Factory
 from factory_assets_tests.helpers import ALL_ASSETS, small_factory
 
 UI = "http://ui.example.test:3000"
@@ -124,9 +124,9 @@ def _run_failure_context(instance: DagsterInstance, run_id: str, webhook: AlertW
 
 def test_a_failed_run_notifies_with_asset_partition_reason_and_run_link(tmp_path, receiver):
     instance = DagsterInstance.ephemeral()
-    broken = FactoryResource(home=str(tmp_path), source="online_retail", source_path=str(tmp_path / "missing.parquet"))
+    broken = Factory(home=str(tmp_path), source="online_retail", source_path=str(tmp_path / "missing.parquet"))
     result = materialize(
-        ALL_ASSETS, selection=["raw_events"], partition_key="2024-11-05", resources={"factory": broken},
+        ALL_ASSETS, selection=["raw_events"], partition_key="2024-11-05", resources=broken.resources(),
         instance=instance, raise_on_error=False,
     )
     assert not result.success
@@ -153,7 +153,7 @@ def test_a_failed_gate_notifies_once_and_its_failed_run_does_not_notify_twice(tm
     # a training window on an empty home: its blocking check window_complete fails, the run fails
     result = materialize(
         ALL_ASSETS, selection=["training_window"], partition_key="2024-11-05",
-        resources={"factory": small_factory(tmp_path)}, instance=instance, raise_on_error=False,
+        resources=small_factory(tmp_path).resources(), instance=instance, raise_on_error=False,
     )
     assert not result.success
     run = instance.get_run_by_id(result.run_id)

@@ -1,5 +1,7 @@
-"""``dagster dev`` on an empty home runs the factory by itself: automation launches the runs, the served model
-appears, and its freshness policy reports a status -- all checked through the GraphQL API.
+"""``dagster dev -w workspace.yaml`` on an empty home runs the factory by itself across its two code locations:
+the DataOps location's automation ingests and builds the feature views, the MLOps location's automation sees
+those feature partitions and trains, gates and serves the candidate; the served model's freshness policy
+reports a status; each location reloads on its own -- all checked through the GraphQL API.
 
 The test starts ``dagster dev`` on 127.0.0.1 (a free port) in its own process session with a temporary
 FACTORY_HOME / DAGSTER_HOME (seeded with the project's dagster.yaml, as ``factory dev`` does), and stops it,
@@ -25,17 +27,28 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from factory_assets.platform.automation import AUTOMATION_RUN_TAGS, AUTOMATION_SENSOR
+from factory_assets.data.defs.definitions import AUTOMATION_SENSOR as DATA_AUTOMATION
+from factory_assets.ml.defs.definitions import AUTOMATION_SENSOR as ML_AUTOMATION
+from factory_assets.platform.automation import AUTOMATION_RUN_TAGS
+from factory_assets.platform.keys import DATA_KEYS as _DATA_KEYS, ML_KEYS as _ML_KEYS
 from factory_assets.platform.settings import PROJECT_DAGSTER_YAML
 from factory_assets_tests.helpers import REPO_ROOT
 
 WINDOW_DAYS = 15
+DATA_KEYS, ML_KEYS = set(_DATA_KEYS), set(_ML_KEYS)
 # About 80 s on an idle 2-core machine (15 catch-up runs, then the window/drift run and the candidate run);
 # the deadline leaves room for a loaded machine, and the test stops as soon as the served model is fresh.
 DEADLINE_S = 240
 
 QUERY = """
-query Factory($sensor: SensorSelector!) {
+query Factory($sensor: SensorSelector!, $dataSensor: SensorSelector!) {
+  workspaceOrError { ... on Workspace { locationEntries { name loadStatus } } }
+  lineage: assetNodes(assetKeys: [{path: ["training_window"]}, {path: ["candidate_model"]}]) {
+    assetKey { path } repository { location { name } } dependencyKeys { path }
+  }
+  dataSensor: sensorOrError(sensorSelector: $dataSensor) {
+    ... on Sensor { sensorState { status ticks(limit: 200) { status runIds } } }
+  }
   runsOrError(filter: {tags: [{key: "dagster/from_automation_condition", value: "true"}]}) {
     ... on Runs { results { runId status tags { key value } assetSelection { path } } }
   }
@@ -56,8 +69,17 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _graphql(port: int, variables: dict) -> dict | None:
-    body = json.dumps({"query": QUERY, "variables": variables}).encode()
+RELOAD = """
+mutation Reload($name: String!) {
+  reloadRepositoryLocation(repositoryLocationName: $name) {
+    ... on WorkspaceLocationEntry { name loadStatus locationOrLoadError { __typename } }
+  }
+}
+"""
+
+
+def _graphql(port: int, variables: dict, query: str = QUERY) -> dict | None:
+    body = json.dumps({"query": query, "variables": variables}).encode()
     request = urllib.request.Request(
         f"http://127.0.0.1:{port}/graphql", data=body, headers={"Content-Type": "application/json"}, method="POST"
     )
@@ -108,11 +130,14 @@ def test_dagster_dev_on_an_empty_home_reaches_a_served_model_by_itself(tmp_path)
         "OPENBLAS_NUM_THREADS": "1",
     }
     port = _free_port()
-    variables = {"sensor": {"repositoryLocationName": "factory_assets", "repositoryName": "__repository__", "sensorName": AUTOMATION_SENSOR}}
+    variables = {
+        "sensor": {"repositoryLocationName": "mlops", "repositoryName": "__repository__", "sensorName": ML_AUTOMATION},
+        "dataSensor": {"repositoryLocationName": "dataops", "repositoryName": "__repository__", "sensorName": DATA_AUTOMATION},
+    }
     started = time.monotonic()
     with open(tmp_path / "dagster-dev.log", "wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "dagster", "dev", "-h", "127.0.0.1", "-p", str(port)],
+            [sys.executable, "-m", "dagster", "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
             cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             preexec_fn=_reset_sigint,
         )
@@ -130,16 +155,31 @@ def test_dagster_dev_on_an_empty_home_reaches_a_served_model_by_itself(tmp_path)
                         break
                 time.sleep(2)
             elapsed = time.monotonic() - started
+            # each location reloads on its own: the MLOps one is reloaded, the DataOps one is untouched
+            reloaded = _graphql(port, {"name": "mlops"}, RELOAD)
+            after = _graphql(port, variables)
         finally:
             _stop(proc)
     log_tail = (tmp_path / "dagster-dev.log").read_text(errors="replace")[-3000:]
     assert data is not None, f"the GraphQL API never answered:\n{log_tail}"
 
-    # the sensor runs by default (nobody clicked anything) and ticked
-    state = data["sensorOrError"]["sensorState"]
-    assert state["status"] == "RUNNING"
+    # two code locations, both loaded; one lineage graph across them
+    locations = {e["name"]: e["loadStatus"] for e in data["workspaceOrError"]["locationEntries"]}
+    assert locations == {"dataops": "LOADED", "mlops": "LOADED"}
+    lineage = {"/".join(n["assetKey"]["path"]): n for n in data["lineage"]}
+    assert lineage["training_window"]["repository"]["location"]["name"] == "mlops"
+    assert {"user_item_daily", "item_daily"} <= {"/".join(k["path"]) for k in lineage["training_window"]["dependencyKeys"]}
+    # each location's automation sensor runs by default (nobody clicked anything) and launched runs
+    state, data_state = data["sensorOrError"]["sensorState"], data["dataSensor"]["sensorState"]
+    assert state["status"] == "RUNNING" and data_state["status"] == "RUNNING"
     ticks = state["ticks"]
-    assert sum(1 for t in ticks if t["runIds"]) >= 3, ticks
+    assert sum(1 for t in ticks if t["runIds"]) >= 1, ticks
+    assert sum(1 for t in data_state["ticks"] if t["runIds"]) >= 1, data_state["ticks"]
+    # reloading the MLOps location leaves both loaded
+    assert reloaded is not None and reloaded["reloadRepositoryLocation"]["name"] == "mlops", reloaded
+    assert reloaded["reloadRepositoryLocation"]["locationOrLoadError"]["__typename"] == "RepositoryLocation", reloaded
+    assert after is not None
+    assert {e["name"]: e["loadStatus"] for e in after["workspaceOrError"]["locationEntries"]} == locations
 
     # automation launched every run, each succeeded, and no asset partition was run twice
     runs = data["runsOrError"]["results"]
@@ -147,7 +187,11 @@ def test_dagster_dev_on_an_empty_home_reaches_a_served_model_by_itself(tmp_path)
     assert all(r["status"] == "SUCCESS" for r in runs), [(r["runId"], r["status"]) for r in runs]
     for run in runs:
         tags = {t["key"]: t["value"] for t in run["tags"]}
-        assert tags["dagster/sensor_name"] == AUTOMATION_SENSOR
+        assert tags["dagster/sensor_name"] in (DATA_AUTOMATION, ML_AUTOMATION)
+        # assets of the two locations never share a run: each run is one location's
+        selected = {"/".join(a["path"]) for a in run["assetSelection"]}
+        assert selected <= DATA_KEYS or selected <= ML_KEYS, selected
+        assert (tags["dagster/sensor_name"] == DATA_AUTOMATION) == (selected <= DATA_KEYS), (selected, tags)
         assert all(tags[k] == v for k, v in AUTOMATION_RUN_TAGS.items())
     planned = Counter(
         ("/".join(a["path"]), {t["key"]: t["value"] for t in r["tags"]}["dagster/partition"])

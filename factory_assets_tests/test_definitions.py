@@ -25,12 +25,15 @@ def test_defs_is_a_plain_definitions_with_every_asset_and_job():
     graph = defs.resolve_asset_graph()
     assert {k.to_user_string() for k in graph.get_all_asset_keys()} == EXPECTED
     assert {j.name for j in defs.jobs} >= {"daily_ingest", "daily_training", "apply_retention", "erase_user", "rollback_champion"}
-    assert "factory" in defs.resources
+    # a resource per concern, no catch-all
+    assert set(defs.resources) == {"warehouse", "event_source", "feature_store", "registry", "artefacts", "model_policy",
+                                   "alert_webhook"}
 
 
-def test_every_asset_opens_the_warehouse_through_the_pool():
+def test_every_asset_that_opens_the_warehouse_takes_the_pool_and_the_served_model_does_not():
     for assets_def in [*DATAOPS_ASSETS, *MLOPS_ASSETS]:
-        assert assets_def.op.pool == WAREHOUSE_POOL, assets_def.keys
+        expected = None if assets_def.key.to_user_string() == "served_model" else WAREHOUSE_POOL
+        assert assets_def.op.pool == expected, assets_def.keys
 
 
 def test_every_check_gates_promotion():

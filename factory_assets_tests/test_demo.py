@@ -120,12 +120,9 @@ def test_a_small_demo_runs_the_factory_reweights_after_drift_and_scores_three_mo
 
     from factory_assets.ml import registry
 
-    con = duckdb.connect(str(demo.demo_home(tmp_path, 3.0) / "simulator" / "warehouse.duckdb"), read_only=True)
-    try:
-        by_day = {str(r.partition_day)[:10]: registry.version_row(con, int(r.version))["manifest_path"]
-                  for r in registry.versions(con).itertuples()}
-    finally:
-        con.close()
+    with registry.connect(registry.default_url(demo.demo_home(tmp_path, 3.0) / "simulator")) as reg:
+        by_day = {str(r.partition_day)[:10]: registry.version_row(reg, int(r.version))["manifest_path"]
+                  for r in registry.versions(reg).itertuples()}
     assert read_manifest(by_day["2024-10-28"])["params"]["regime_start"] is None
     assert read_manifest(by_day["2024-10-29"])["params"]["regime_start"] == "2024-10-29"
     for kind in ("json", "csv", "png"):

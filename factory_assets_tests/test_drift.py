@@ -116,7 +116,7 @@ def _feature_store(factory, ingest_days) -> None:
 def _drift(factory, day: date):
     result = materialize(
         [*ALL_ASSETS, behaviour_drift], selection=[BEHAVIOUR_DRIFT], partition_key=day.isoformat(),
-        resources={"factory": factory}, raise_on_error=False,
+        resources=factory.resources(), raise_on_error=False,
     )
     assert result.success
     (mat,) = result.asset_materializations_for_node(BEHAVIOUR_DRIFT)
@@ -152,7 +152,7 @@ def test_the_asset_refuses_a_day_without_features(tmp_path):
     _feature_store(factory, days(date(2024, 12, 1), 2))
     result = materialize(
         [*ALL_ASSETS, behaviour_drift], selection=[BEHAVIOUR_DRIFT], partition_key="2024-12-20",
-        resources={"factory": factory}, raise_on_error=False,
+        resources=factory.resources(), raise_on_error=False,
     )
     assert not result.success
 

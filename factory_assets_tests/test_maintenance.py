@@ -10,7 +10,8 @@ from datetime import timedelta
 import duckdb
 import pytest
 
-from factory_assets.jobs import apply_retention, erase_user
+from factory_assets.data.defs.maintenance_jobs import apply_retention, erase_user
+from factory_assets.ml.defs.jobs import mark_models_trained_on_erased_data
 from factory_assets.ml.recsys.artefact import load_manifest_model, read_manifest
 from factory_assets.ml import registry
 from factory_assets_tests.helpers import FIRST_DAY, small_factory, train
@@ -24,7 +25,7 @@ def test_retention_drops_old_days_records_it_and_blocks_windows_reaching_back(ho
     today = FIRST_DAY + timedelta(days=36)
     result = apply_retention.execute_in_process(
         run_config={"ops": {"retention_op": {"config": {"retention_days": 30, "today": today.isoformat()}}}},
-        resources={"factory": factory},
+        resources=factory.resources(),
     )
     assert result.success
     cutoff = today - timedelta(days=30)  # FIRST_DAY + 6: days FIRST_DAY .. FIRST_DAY+5 go
@@ -57,22 +58,28 @@ def test_erased_user_leaves_every_table_and_the_next_served_model(home_copy):
     assert user in load_manifest_model(champion["path"], "served", champion["sha256"]).user_ids
 
     result = erase_user.execute_in_process(
-        run_config={"ops": {"erasure_op": {"config": {"user_id": user}}}}, resources={"factory": factory}
+        run_config={"ops": {"erasure_op": {"config": {"user_id": user}}}}, resources=factory.resources()
     )
     assert result.success
     summary = result.output_for_node("erasure_op")
     assert summary["rows_deleted"] == n_events
     assert set(summary["days"]) == {d.isoformat() for d in days_with_user}
-    assert summary["stale_model_versions"] == [1]
+    # the MLOps half's side (what the erasure_watch sensor requests after erase_user): v1, the only version,
+    # was trained on a window that held the user's events; run twice, it marks nothing new
+    marking = mark_models_trained_on_erased_data.execute_in_process(resources=factory.resources())
+    assert marking.output_for_node("mark_erased_models_op") == [1]
+    again = mark_models_trained_on_erased_data.execute_in_process(resources=factory.resources())
+    assert again.output_for_node("mark_erased_models_op") == []
     with _con(home_copy) as con:
         for table in ("raw_events", "user_item_daily", "raw_events_quarantine"):
             assert con.execute(f"SELECT count(*) FROM {table} WHERE user_id = ?", [user]).fetchone()[0] == 0, table
         after = dict(con.execute("SELECT asset || '/' || partition_day, data_version FROM partition_ledger").fetchall())
-        stale_events = registry.history(con).query("action == 'trained_on_erased_data'")["version"].tolist()
         assert con.execute("SELECT user_sha256 FROM erasure_log").fetchall()[0][0] != user  # the id is not kept
     for day in days_with_user:
         for asset in ("raw_events", "user_item_daily", "item_daily"):
             assert after[f"{asset}/{day}"] != versions_before[f"{asset}/{day}"], (asset, day)
+    with factory.registry() as reg:
+        stale_events = registry.history(reg).query("action == 'trained_on_erased_data'")["version"].tolist()
     assert stale_events == [1]
     materialized = {(e.asset_key.to_user_string(), e.partition) for e in result.get_asset_materialization_events()}
     assert ("raw_events", min(days_with_user).isoformat()) in materialized
@@ -85,7 +92,7 @@ def test_erased_user_leaves_every_table_and_the_next_served_model(home_copy):
     assert user not in load_manifest_model(pointer["path"], "eval", pointer["sha256"]).user_ids
     assert read_manifest(pointer["path"])["window"]["inputs"]  # names the post-erasure versions
     with _con(home_copy) as con:
-        from factory_assets.data.maintenance import stale_inputs
+        from factory_assets.feature_store.contract import stale_inputs
 
         assert stale_inputs(con, read_manifest(pointer["path"])) == []
         assert stale_inputs(con, read_manifest(champion["path"]))  # the old champion was trained on erased data

@@ -19,6 +19,7 @@ from dagster._core.instance.ref import InstanceRef
 
 from factory_assets.platform import executors, settings
 from factory_assets.platform.partitions import WAREHOUSE_POOL
+from factory_assets.resources import Factory
 from factory_assets_tests.helpers import REPO_ROOT, SMALL_SHOP, run, small_factory
 
 DEPLOY = REPO_ROOT / "deploy"
@@ -180,9 +181,8 @@ def test_daily_ingest_on_the_multiprocess_executor_respects_the_warehouse_pool(t
     dagster_home.mkdir()
     (dagster_home / "dagster.yaml").write_text((REPO_ROOT / "dagster.yaml").read_text())
     resources = tmp_path / "resources.yaml"
-    resources.write_text(yaml.safe_dump({"resources": {"factory": {"config": {
-        "home": str(tmp_path / "home"), "source": "simulator", "source_path": "", "simulator": SMALL_SHOP,
-    }}}}))
+    resources.write_text(yaml.safe_dump({"resources": Factory(
+        home=str(tmp_path / "home"), source="simulator", source_path="", simulator=SMALL_SHOP).run_config()}))
     env = {**os.environ, "DAGSTER_HOME": str(dagster_home), "FACTORY_EXECUTOR": "multiprocess",
            "FACTORY_HOME": str(tmp_path / "home"), "OPENBLAS_NUM_THREADS": "1"}
     out = subprocess.run(

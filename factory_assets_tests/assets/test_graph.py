@@ -30,6 +30,11 @@ def _con(home):
     return con
 
 
+def _reg(home):
+    """A connection to ``home``'s model registry (its own SQLite store)."""
+    return registry.connect(registry.default_url(home / "simulator"))
+
+
 def _check(result, name: str):
     [evaluation] = [e for e in result.get_asset_check_evaluations() if e.check_name == name]
     return evaluation
@@ -74,9 +79,9 @@ def test_rolling_window_maps_and_loads_exactly_28_days(home_copy):
 
     result = train(small_factory(home_copy), day)
     assert result.success
-    with _con(home_copy) as con:
+    with _con(home_copy) as con, _reg(home_copy) as reg:
         window = json.loads(con.execute("SELECT manifest FROM training_windows WHERE partition_day = ?", [day]).fetchone()[0])
-        row = registry.latest_for_day(con, day)
+        row = registry.latest_for_day(reg, day)
     assert window["complete"] and window["start"] == (day - timedelta(days=27)).isoformat() and window["end"] == day.isoformat()
     for view in ("user_item_daily", "item_daily"):
         assert sorted(i["partition"] for i in window["inputs"] if i["asset"] == view) == sorted(upstream)
@@ -108,8 +113,8 @@ def test_missing_day_blocks_training_and_nothing_is_served(home_copy):
     assert not check.passed
     assert missing.isoformat() in str(check.metadata["missing"].value)
     assert _materialized(result) == {"training_window"}
-    with _con(home_copy) as con:
-        assert registry.versions(con).empty
+    with _con(home_copy) as con, _reg(home_copy) as reg:
+        assert registry.versions(reg).empty
     assert registry.read_alias(home_copy / "simulator" / "aliases") is None
 
 
@@ -163,8 +168,8 @@ def test_promotion_then_nan_model_is_rejected_and_champion_stays(home_copy, monk
     assert not safe.passed and "non-finite" in safe.description
     assert "served_model" not in _materialized(second)
     assert registry.read_alias(aliases) == champion  # untouched, byte for byte the same pointer
-    with _con(home_copy) as con:
-        statuses = dict(registry.versions(con)[["version", "status"]].itertuples(index=False))
+    with _con(home_copy) as con, _reg(home_copy) as reg:
+        statuses = dict(registry.versions(reg)[["version", "status"]].itertuples(index=False))
     assert statuses == {1: "champion", 2: "rejected"}
 
 
@@ -199,10 +204,10 @@ def test_successive_days_promote_and_keep_history(home_copy):
     instance = DagsterInstance.ephemeral()
     for offset in range(3):
         assert train(factory, TRAIN_DAY + timedelta(days=offset), instance).success
-    with _con(home_copy) as con:
-        versions = registry.versions(con)
-        history = registry.history(con)
-        decisions = registry.decisions(con)
+    with _con(home_copy) as con, _reg(home_copy) as reg:
+        versions = registry.versions(reg)
+        history = registry.history(reg)
+        decisions = registry.decisions(reg)
     assert list(versions["version"]) == [1, 2, 3]
     promoted = history[history["action"] == "promoted"]["version"].tolist()
     assert promoted == [1, 2, 3]
@@ -226,9 +231,9 @@ def test_a_candidate_not_clearly_as_good_as_the_champion_becomes_the_shadow(home
     aliases = home_copy / "simulator" / "aliases"
     assert registry.read_alias(aliases)["version"] == 1
     assert registry.read_alias(aliases, registry.SHADOW)["version"] == 2
-    with _con(home_copy) as con:
-        assert registry.version_row(con, 2)["status"] == "shadow"
-        decision = con.execute("SELECT verdict, markdown FROM promotion_decisions WHERE version = 2").fetchone()
+    with _con(home_copy) as con, _reg(home_copy) as reg:
+        assert registry.version_row(reg, 2)["status"] == "shadow"
+        decision = reg.exec_driver_sql("SELECT verdict, markdown FROM promotion_decisions WHERE version = 2").fetchone()
     assert decision[0] == "shadow" and "Promotion decision" in decision[1] and "champion_tolerance" in decision[1]
 
 
@@ -237,8 +242,8 @@ def test_retraining_from_a_manifest_reproduces_the_artefacts_bit_for_bit(home_co
     from factory_assets.ml.training import retrain_from_manifest
 
     assert train(small_factory(home_copy), TRAIN_DAY).success
-    with _con(home_copy) as con:
-        row = registry.version_row(con, 1)
+    with _con(home_copy) as con, _reg(home_copy) as reg:
+        row = registry.version_row(reg, 1)
         manifest = read_manifest(row["manifest_path"], row["manifest_sha256"])
         digests = retrain_from_manifest(con, manifest)
     assert digests == {role: manifest["artefacts"][role]["sha256"] for role in ("eval", "served")}

@@ -9,10 +9,10 @@ import duckdb
 import pandas as pd
 from dagster import DagsterEventType, build_sensor_context
 
-import factory_assets.resources as resources_module
+import factory_assets.data.resources as resources_module
 from factory_assets.feature_store import store
 from factory_assets.data.maintenance import stale_inputs
-from factory_assets.resources import FactoryResource
+from factory_assets.resources import Factory
 from factory_assets.data.defs.sensors import landed_files_sensor
 from factory_assets.data.sources.faults import BrokenSource
 from factory_assets.data.sources.simulator import ShopSimulator
@@ -63,8 +63,8 @@ def _land(folder, name: str, frame: pd.DataFrame) -> None:
     tmp.rename(folder / name)  # writers land files atomically
 
 
-def _sensor_keys(factory: FactoryResource, cursor: str | None):
-    result = landed_files_sensor(build_sensor_context(resources={"factory": factory}, cursor=cursor))
+def _sensor_keys(factory: Factory, cursor: str | None):
+    result = landed_files_sensor(build_sensor_context(resources=factory.resources(), cursor=cursor))
     return sorted(r.partition_key for r in result.run_requests), result.cursor
 
 
@@ -74,7 +74,7 @@ def test_landed_files_request_exactly_their_days_and_a_late_file_changes_only_it
     d1, d2, d3 = days(FIRST_DAY, 3)
     first = pd.concat([TRUTH.fetch_day(d).events for d in (d1, d2, d3)], ignore_index=True)
     _land(landing, "batch-1.csv", first)
-    factory = FactoryResource(home=str(tmp_path / "home"), source="folder", source_path=str(landing))
+    factory = Factory(home=str(tmp_path / "home"), source="folder", source_path=str(landing))
 
     keys, cursor = _sensor_keys(factory, None)
     assert keys == [d.isoformat() for d in (d1, d2, d3)]
@@ -116,7 +116,7 @@ def test_landed_files_request_exactly_their_days_and_a_late_file_changes_only_it
 
 
 def test_sensor_skips_when_the_source_is_not_a_folder(tmp_path):
-    result = landed_files_sensor(build_sensor_context(resources={"factory": small_factory(tmp_path)}))
+    result = landed_files_sensor(build_sensor_context(resources={"event_source": small_factory(tmp_path).event_source_resource}))
     assert "not 'folder'" in result.skip_message
 
 

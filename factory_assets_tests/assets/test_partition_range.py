@@ -38,14 +38,14 @@ def _range_tags(first: date, last: date) -> dict[str, str]:
 
 def _materialize_range(home: Path, selection: list[str], first: date, last: date):
     return materialize(ASSETS, selection=selection, tags=_range_tags(first, last),
-                       resources={"factory": small_factory(home)}, raise_on_error=False)
+                       resources=small_factory(home).resources(), raise_on_error=False)
 
 
 def _run_days(home: Path, selection: list[str], run_days: list[date]) -> list:
     results = []
     for day in run_days:
         result = materialize(ASSETS, selection=selection, partition_key=day.isoformat(),
-                             resources={"factory": small_factory(home)}, raise_on_error=False)
+                             resources=small_factory(home).resources(), raise_on_error=False)
         assert result.success, day
         results.append(result)
     return results

@@ -48,8 +48,8 @@ def test_purchase_history_reads_converting_rows_and_names_its_partitions(ingeste
 def test_candidate_with_history_records_it_and_retrains_bit_for_bit(home_copy):
     result = train(small_factory(home_copy), LAST_DAY, candidate={"history_days": HISTORY_DAYS, "search_budget": 1, "ranker_c": 1.0})
     assert result.success
-    with _con(home_copy) as con:
-        row = registry.version_row(con, 1)
+    with _con(home_copy) as con, registry.connect(registry.default_url(home_copy / "simulator")) as reg:
+        row = registry.version_row(reg, 1)
         manifest = read_manifest(row["manifest_path"], row["manifest_sha256"])
         # the window's 28 days plus the 8 before them: every fit reads 8 days before its own as-of day
         assert manifest["params"]["history_days"] == HISTORY_DAYS
