@@ -150,4 +150,3 @@ def _online_tables_with_users(con: duckdb.DuckDBPyConnection) -> list[str]:
         "AND column_name = 'user_id'"
     ).fetchall()
     return [r[0] for r in rows if r[0].isidentifier()]
-from factory_assets.feature_store.contract import manifest_inputs, stale_inputs  # noqa: E402,F401 (re-exported)

@@ -254,7 +254,8 @@ def test_a_simulator_day_takes_the_proven_clean_bulk_insert() -> None:
 
 
 def _spoil(name: str, events: pd.DataFrame) -> pd.DataFrame:
-    events = events.copy()
+    events = _arrow_text(events) if name.endswith("_arrow") else events.copy()
+    name = name.removesuffix("_arrow")
     if name == "space_first":
         events.loc[3, "user_id"] = " u1"
     elif name == "blank":
@@ -292,24 +293,25 @@ SPOILED = ["space_first", "blank", "empty", "null", "control", "non_ascii", "too
            "unknown_type", "ts_outside", "ts_back", "quantity", "value", "duplicate", "id_order"]
 
 
-@pytest.mark.parametrize("name", SPOILED)
+@pytest.mark.parametrize("name", SPOILED + [f"{name}_arrow" for name in SPOILED])
 def test_one_spoiled_row_leaves_the_proven_clean_path_with_the_same_result(name: str) -> None:
     events = _spoil(name, _simulator_day().events)
     assert ingest._proven_clean(_con(), events, DAY) is None
     _assert_same(DAY, DayBatch(events=events))
 
 
-def test_the_proven_clean_path_on_other_arrow_text_types_and_sliced_input() -> None:
+def test_the_proven_clean_path_on_arrow_text_types_and_sliced_input() -> None:
     import pyarrow as pa
 
-    events = _simulator_day().events
-    for frame in (_arrow_text(events.astype({"event_id": object}), pa.large_string()),
+    events = _simulator_day().events  # object text of str
+    for frame in (_arrow_text(events), _arrow_text(events, pa.large_string()),
                   events.astype({"user_id": "string[pyarrow]"}),
-                  events.iloc[100:300].reset_index(drop=True)):
+                  _arrow_text(events).iloc[100:300].reset_index(drop=True), events.iloc[100:300]):
         assert ingest._proven_clean(_con(), frame, DAY) is not None
         _assert_same(DAY, DayBatch(events=frame))
-    # object text or a nanosecond ts: the general path, same result
-    for frame in (events.astype({"item_id": object}), events.astype({"ts": "datetime64[ns, UTC]"})):
+    # object text holding a non-str value, or a nanosecond ts: the general path, same result
+    numbered = events.assign(item_id=[7] + events["item_id"].tolist()[1:])
+    for frame in (numbered, events.astype({"ts": "datetime64[ns, UTC]"})):
         assert ingest._proven_clean(_con(), frame, DAY) is None
         _assert_same(DAY, DayBatch(events=frame))
 

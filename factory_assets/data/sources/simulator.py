@@ -63,7 +63,6 @@ from datetime import date, datetime, timedelta, timezone
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 
 from factory_assets.data.sources.base import DayBatch, EventSource
 
@@ -72,7 +71,6 @@ __all__ = [
     "DEFAULT_WEEKDAY_MULTIPLIERS",
     "ShopSimulator",
     "SimulatorConfig",
-    "TEXT_DTYPE",
     "black_friday",
     "holiday_multiplier",
 ]
@@ -86,9 +84,7 @@ DEFAULT_HOUR_WEIGHTS: tuple[float, ...] = (
 #: Multiplier per weekday, Monday (index 0) to Sunday (index 6).
 DEFAULT_WEEKDAY_MULTIPLIERS: tuple[float, ...] = (1.0, 1.0, 1.0, 1.0, 1.0, 1.3, 1.2)
 
-_EVENT_TYPE_NAMES = pa.array(["view", "add_to_cart", "purchase"], type=pa.string())
-#: dtype of the text columns of a simulated day: Arrow-backed strings (what DuckDB reads without conversion)
-TEXT_DTYPE = pd.ArrowDtype(pa.string())
+_EVENT_TYPE_NAMES = np.array(["view", "add_to_cart", "purchase"], dtype=object)
 _US_PER_DAY = 86_400_000_000
 _EPOCH = date(1970, 1, 1)
 
@@ -299,10 +295,6 @@ class ShopSimulator(EventSource):
         width_i = len(str(max(n_i - 1, 0)))
         self._user_ids = np.array([f"u{k:0{width_u}d}" for k in range(n_u)], dtype=object)
         self._item_ids = np.array([f"i{k:0{width_i}d}" for k in range(n_i)], dtype=object)
-        # the same ids as fixed-width ASCII bytes, one row per id (uint8 (n, 1 + width)): day columns are
-        # gathered from them straight into Arrow string buffers
-        self._user_bytes = _fixed_width(self._user_ids)
-        self._item_bytes = _fixed_width(self._item_ids)
 
     def _shift_factor(self) -> np.ndarray:
         s = float(self.config.shift_strength)
@@ -456,9 +448,7 @@ class ShopSimulator(EventSource):
         Returns:
             ``DayBatch(events=frame)``: columns ``event_id`` (``sim-YYYY-MM-DD-NNNNNN``, numbered in
             output order, at least 6 digits), ``user_id``, ``item_id``, ``event_type`` (``view``,
-            ``add_to_cart``, ``purchase``) - these four as Arrow-backed text, :data:`TEXT_DTYPE`
-            (``pd.ArrowDtype(pa.string())``: ``str`` values, no missing ones; what the warehouse writer
-            reads without converting Python objects) - ``ts`` (``datetime64[us, UTC]`` inside the day), ``quantity``
+            ``add_to_cart``, ``purchase``), ``ts`` (``datetime64[us, UTC]`` inside the day), ``quantity``
             (int64: 1 for views/carts, 1..max_quantity for purchases), ``value`` (float64: 0.0 for views,
             unit price for carts, ``round(price * quantity, 2)`` for purchases), sorted by
             ``(ts, event_id)``.
@@ -521,10 +511,10 @@ class ShopSimulator(EventSource):
         ts = pd.DatetimeIndex((t_us + day_start_us).view("datetime64[us]")).tz_localize(timezone.utc)
         return pd.DataFrame(
             {
-                "event_id": _text(self._event_ids(day, t_us.size)),
-                "user_id": _text(self._user_bytes[users[src]]),
-                "item_id": _text(self._item_bytes[ev_items]),
-                "event_type": pd.arrays.ArrowExtensionArray(_EVENT_TYPE_NAMES.take(pa.array(etype))),
+                "event_id": self._event_ids(day, t_us.size),
+                "user_id": self._user_ids[users[src]],
+                "item_id": self._item_ids[ev_items],
+                "event_type": _EVENT_TYPE_NAMES[etype],
                 "ts": ts,
                 "quantity": quantity,
                 "value": value.astype(np.float64),
@@ -532,40 +522,13 @@ class ShopSimulator(EventSource):
         )
 
     def _event_ids(self, day: date, count: int) -> np.ndarray:
-        """``sim-<day>-NNNNNN`` for ``0..count-1`` as fixed-width ASCII rows (uint8 ``(count, length)``)."""
         width = max(6, len(str(max(count - 1, 0))))
         table = self._number_table.get(width)
-        if table is None or table.shape[0] < count:
-            size = max(count, 2 * (table.shape[0] if table is not None else 0), 1024)
-            table = np.frombuffer("".join(f"{k:0{width}d}" for k in range(size)).encode("ascii"),
-                                  dtype=np.uint8).reshape(size, width)
+        if table is None or table.size < count:
+            size = max(count, 2 * (table.size if table is not None else 0), 1024)
+            table = np.array([f"{k:0{width}d}" for k in range(size)], dtype=object)
             self._number_table[width] = table
-        prefix = np.frombuffer(f"sim-{day.isoformat()}-".encode("ascii"), dtype=np.uint8)
-        ids = np.empty((count, prefix.size + width), dtype=np.uint8)
-        ids[:, : prefix.size] = prefix
-        ids[:, prefix.size :] = table[:count]
-        return ids
-
-
-def _fixed_width(ids: np.ndarray) -> np.ndarray:
-    """Equal-length ASCII ``str`` ids as uint8 rows ``(len(ids), length)``."""
-    if not len(ids):
-        return np.zeros((0, 0), dtype=np.uint8)
-    return np.frombuffer("".join(ids).encode("ascii"), dtype=np.uint8).reshape(len(ids), -1)
-
-
-def _text(rows: np.ndarray) -> pd.arrays.ArrowExtensionArray:
-    """Fixed-width ASCII rows (uint8 ``(n, length)``) as an Arrow ``string`` column (:data:`TEXT_DTYPE`),
-    built from the bytes as they are (no per-value Python object); chunks stay under 2 GiB of text."""
-    n, length = rows.shape
-    data = np.ascontiguousarray(rows).reshape(-1)
-    step = max(1, (2**31 - 1) // max(length, 1))
-    chunks = []
-    for start in range(0, max(n, 1), step):
-        k = min(step, n - start)
-        offsets = np.arange(0, (k + 1) * length, length, dtype=np.int32)
-        chunks.append(pa.StringArray.from_buffers(k, pa.py_buffer(offsets), pa.py_buffer(data[start * length : (start + k) * length])))
-    return pd.arrays.ArrowExtensionArray(chunks[0] if len(chunks) == 1 else pa.chunked_array(chunks, type=pa.string()))
+        return f"sim-{day.isoformat()}-" + table[:count]
 
 
 def _as_date(day: date) -> date:

@@ -24,7 +24,8 @@ sources; Online Retail's local-time reading builds on it for text with an explic
 from __future__ import annotations
 
 import re
-import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 
@@ -111,17 +112,20 @@ SELECT pos FROM (SELECT pos, row_number() OVER (PARTITION BY event_id ORDER BY p
 WHERE nth > 1
 """
 
-_local = threading.local()
+@contextmanager
+def _connection() -> Iterator[duckdb.DuckDBPyConnection]:
+    """A fresh in-memory DuckDB connection (UTC) for one call, closed after it.
 
-
-def _connection() -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB connection per thread (UTC), reused across calls."""
-    con = getattr(_local, "con", None)
-    if con is None:
-        con = duckdb.connect(":memory:")
+    Not kept between calls: an open DuckDB database keeps its worker threads alive, and a process that later
+    forks (the service's log writer) must not carry them into the child (a forked child crashed on them).
+    Opening one costs about a millisecond.
+    """
+    con = duckdb.connect(":memory:")
+    try:
         con.execute("SET TimeZone = 'UTC'")
-        _local.con = con
-    return con
+        yield con
+    finally:
+        con.close()
 
 
 def validate_events(frame: pd.DataFrame, day: date | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -166,7 +170,8 @@ def validate_events(frame: pd.DataFrame, day: date | None = None) -> tuple[pd.Da
     rows = prepare_rows(frame, day)
     if rows.n == 0:
         return empty_events(), empty_quarantine()
-    checked = check_rows(_connection(), rows)
+    with _connection() as con:
+        checked = check_rows(con, rows)
     return event_frame(rows, checked, accepted_order(rows, checked)), quarantine_frame(rows, checked)
 
 
