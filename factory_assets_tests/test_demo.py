@@ -116,8 +116,6 @@ def test_a_small_demo_runs_the_factory_reweights_after_drift_and_scores_three_mo
     # the oracle is the ceiling on average (day by day a model can be lucky)
     assert np.mean([r["oracle"]["hit_rate_at_10"] for r in days]) > np.mean([r["factory"]["hit_rate_at_10"] for r in days])
     # the candidate trained after the shift day down-weights the days before it
-    import duckdb
-
     from factory_assets.ml import registry
 
     with registry.connect(registry.default_url(demo.demo_home(tmp_path, 3.0) / "simulator")) as reg:

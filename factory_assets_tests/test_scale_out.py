@@ -124,12 +124,19 @@ def test_multiprocess_run_config_fits_dagsters_schema():
 def test_helm_values_select_the_k8s_executor_and_mirror_the_projects_pools():
     values = yaml.safe_load((DEPLOY / "k8s" / "values.yaml").read_text())
     assert values["dagsterHome"].startswith("/")
-    (deployment,) = values["dagster-user-deployments"]["deployments"]
+    deployments = {d["name"]: d for d in values["dagster-user-deployments"]["deployments"]}
     assert values["dagster-user-deployments"]["enabled"] is True
-    assert deployment["codeServerArgs"] == ["-m", "factory_assets.definitions"]
-    env = {item["name"]: item["value"] for item in deployment["env"]}
-    assert env["FACTORY_EXECUTOR"] == "k8s"
-    assert env["FACTORY_HOME"] in {mount["mountPath"] for mount in deployment["volumeMounts"]}
+    # the two code locations of workspace.yaml, one code server each
+    workspace = yaml.safe_load((REPO_ROOT / "workspace.yaml").read_text())
+    modules = {e["python_module"]["location_name"]: e["python_module"]["module_name"] for e in workspace["load_from"]}
+    assert {name: d["codeServerArgs"] for name, d in deployments.items()} == {
+        name: ["-m", module] for name, module in modules.items()}
+    assert len({d["port"] for d in deployments.values()}) == 2
+    for deployment in deployments.values():
+        env = {item["name"]: item.get("value") for item in deployment["env"]}
+        assert env["FACTORY_EXECUTOR"] == "k8s"
+        assert env["FACTORY_HOME"] in {mount["mountPath"] for mount in deployment["volumeMounts"]}
+        assert "FACTORY_REGISTRY_URL" in env
     assert values["runLauncher"]["type"] == "K8sRunLauncher"
     coordinator = values["dagsterDaemon"]["runCoordinator"]
     assert coordinator["enabled"] is True and coordinator["type"] == "QueuedRunCoordinator"

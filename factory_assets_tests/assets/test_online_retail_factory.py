@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from datetime import date, timedelta
 
-import duckdb
 import pytest
 
 from factory_assets.platform.partitions import WINDOW_DAYS
