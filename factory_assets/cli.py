@@ -345,7 +345,6 @@ def _verdict(result, day: date, row: dict) -> dict | None:
 
 def _summary(source, factory, dagster_home, start, end, days, trained, runs, reaped, stopped, started,
              read_registry: bool = True) -> dict:
-    from factory_assets.feature_store import store
     from factory_assets.ml import registry
 
     last_row = window = None
@@ -359,9 +358,7 @@ def _summary(source, factory, dagster_home, start, end, days, trained, runs, rea
             n_versions = len(registry.versions(reg))
             events = registry.history(reg)
             n_promotions = int((events["action"] == "promoted").sum())
-        if last_day:
-            with factory.warehouse() as con:
-                window = store.load_window_manifest(con, last_day)
+            window = registry.load_window_manifest(reg, last_day) if last_day else None
     champion = registry.read_alias(factory.layout.aliases)
     checks = []
     if window is not None:

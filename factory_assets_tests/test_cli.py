@@ -132,3 +132,14 @@ def test_the_default_simulator_run_ends_yesterday_on_automations_timeline():
     start, end, shift = cli.default_simulator_range()
     assert end.isoformat() == DAILY.get_last_partition_key()  # the newest partition automation materialises
     assert (end - start).days + 1 == 56 and (end - shift).days == 19  # as 2024-10-06..11-30 with the shift on 11-11
+
+
+def test_a_home_from_before_the_registry_had_its_own_store_is_refused_in_one_line(tmp_path, capsys):
+    home = tmp_path / "old-home"
+    (home / "simulator").mkdir(parents=True)
+    (home / "simulator" / "warehouse.duckdb").write_bytes(b"")  # an older layout: no format marker beside it
+    assert cli.main(["run", "--home", str(home), "--start", "2024-10-01", "--end", "2024-10-28"]) == 2
+    out, err = capsys.readouterr()
+    assert "was written by an older factory_assets" in err and str(home / "simulator") in err and out == ""
+    assert err.count("\n") == 1
+    assert sorted(p.name for p in (home / "simulator").iterdir()) == ["warehouse.duckdb"]  # nothing was touched

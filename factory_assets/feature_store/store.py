@@ -20,7 +20,6 @@ when a model reads a window ending on its own ``as_of`` day.  A partition's data
 from __future__ import annotations
 
 import hashlib
-import json
 from datetime import date, timedelta
 
 import duckdb
@@ -202,19 +201,15 @@ def _fill(out: np.ndarray, parts: list[np.ndarray], convert=None) -> None:
     assert offset == len(out)
 
 
-TRAINING_WINDOWS = "training_windows"
-_WINDOW_DDL = f"""CREATE TABLE IF NOT EXISTS {TRAINING_WINDOWS} (
-    partition_day DATE PRIMARY KEY, window_start DATE NOT NULL, window_end DATE NOT NULL,
-    complete BOOLEAN NOT NULL, window_version VARCHAR NOT NULL, manifest VARCHAR NOT NULL)"""
-DDL = (*DDL, _WINDOW_DDL)
-
-
 def window_manifest(con: duckdb.DuckDBPyConnection, end: date, days: int) -> dict:
     """The feature partitions a model trained on the ``days`` days ending ``end`` (inclusive) would read.
 
     Returns a JSON-able dict: ``start``, ``end``, ``days``, ``complete`` (every day of every view present
     in the ledger), ``missing`` (``{view: [iso days]}``), ``inputs`` (``[{asset, partition, data_version,
     row_count}]``), ``window_version`` (sha256 of the inputs' data versions).
+
+    A read of the ledger only: the ``training_window`` asset stores the manifest in the model registry's store
+    (:func:`factory_assets.ml.registry.save_window_manifest`), not here.
     """
     start = end - timedelta(days=days - 1)
     expected = [start + timedelta(days=i) for i in range(days)]
@@ -236,20 +231,6 @@ def window_manifest(con: duckdb.DuckDBPyConnection, end: date, days: int) -> dic
         "inputs": inputs,
         "window_version": digest.hexdigest(),
     }
-
-
-def save_window_manifest(con: duckdb.DuckDBPyConnection, partition_day: date, manifest: dict) -> None:
-    """Store (replace) the window manifest of one ``training_window`` partition."""
-    con.execute(
-        f"INSERT OR REPLACE INTO {TRAINING_WINDOWS} VALUES (?, ?, ?, ?, ?, ?)",
-        [partition_day, manifest["start"], manifest["end"], manifest["complete"], manifest["window_version"], json.dumps(manifest)],
-    )
-
-
-def load_window_manifest(con: duckdb.DuckDBPyConnection, partition_day: date) -> dict | None:
-    """The stored window manifest of a ``training_window`` partition, or None."""
-    row = con.execute(f"SELECT manifest FROM {TRAINING_WINDOWS} WHERE partition_day = ?", [partition_day]).fetchone()
-    return json.loads(row[0]) if row else None
 
 
 # --------------------------------------------------------------------------- derived views (features.views)

@@ -22,6 +22,11 @@ Every function takes a :class:`sqlalchemy.engine.Connection` from :func:`connect
 writes are committed when it returns; multi-row changes run in one transaction).  Values are always bound
 parameters.  Times are UTC (``datetime`` with ``tzinfo=UTC``), days ``datetime.date``.
 
+The same store holds the MLOps half's other facts: the window manifest of each ``training_window`` partition
+(``training_windows``: :func:`save_window_manifest`, :func:`load_window_manifest`) and the daily champion-vs-shadow
+scores (``shadow_scores``: :func:`replace_shadow_scores`, :func:`shadow_scores`).  The ML half only reads the
+warehouse (the feature store); everything it writes lives here.
+
 The ``champion`` alias is ``<home>/<source>/aliases/champion.json`` (``version``, ``path`` of the manifest,
 ``sha256`` of the manifest, ...),
 replaced with ``os.replace``: a reader (the CLI, a service) never sees a half-written pointer and never needs
@@ -31,6 +36,7 @@ a registry connection.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import date, datetime, timezone
@@ -115,8 +121,45 @@ events_table = sa.Table(
 )
 EVENT_COLUMNS: tuple[str, ...] = ("changed_at", "version", "action", "from_status", "to_status", "reason")
 
-_ENGINES: dict[str, Engine] = {}
+# The MLOps half's other facts, kept beside the versions (one writer each: the asset named; see the functions
+# at the end of this module).  Days are ``sa.Date`` like ``model_versions.partition_day`` (ISO text on SQLite).
+TRAINING_WINDOWS = "training_windows"  # written by training_window, read by candidate_model and factory run
+SHADOW_SCORES = "shadow_scores"  # written and read by shadow_evaluation
+training_windows_table = sa.Table(
+    TRAINING_WINDOWS, METADATA,
+    sa.Column("partition_day", sa.Date, primary_key=True),
+    sa.Column("window_start", sa.Date, nullable=False),
+    sa.Column("window_end", sa.Date, nullable=False),
+    sa.Column("complete", sa.Boolean, nullable=False),
+    sa.Column("window_version", sa.String(128), nullable=False),
+    sa.Column("manifest", sa.Text, nullable=False),  # JSON text: feature_store.store.window_manifest's dict
+    sa.Column("saved_at", UtcDateTime, nullable=False),
+)
+SCORE_COLUMNS: tuple[str, ...] = (
+    "day", "champion_version", "shadow_version", "n_requests", "n_excluded", "n_converting",
+    "champion_hit_rate_at_10", "shadow_hit_rate_at_10", "champion_ndcg_at_10", "shadow_ndcg_at_10",
+    "ndcg_lift", "ndcg_lift_se", "note", "scored_at",
+)
+_SCORE_INTS = ("champion_version", "shadow_version", "n_requests", "n_excluded", "n_converting")
+_SCORE_FLOATS = ("champion_hit_rate_at_10", "shadow_hit_rate_at_10", "champion_ndcg_at_10", "shadow_ndcg_at_10",
+                 "ndcg_lift", "ndcg_lift_se")
+shadow_scores_table = sa.Table(
+    SHADOW_SCORES, METADATA,
+    sa.Column("score_id", sa.Integer, primary_key=True, autoincrement=True),  # insertion order
+    sa.Column("day", sa.Date, nullable=False, index=True),
+    sa.Column("champion_version", sa.Integer),
+    sa.Column("shadow_version", sa.Integer),
+    sa.Column("n_requests", sa.BigInteger, nullable=False),
+    sa.Column("n_excluded", sa.BigInteger, nullable=False),
+    sa.Column("n_converting", sa.BigInteger, nullable=False),
+    *(sa.Column(name, sa.Double) for name in _SCORE_FLOATS),
+    sa.Column("note", sa.Text, nullable=False),
+    sa.Column("scored_at", UtcDateTime, nullable=False),
+)
+
+_ENGINES: dict[tuple[str, int], Engine] = {}
 _SCHEMA_READY: set[str] = set()
+_WRITE_LOCK_ID = 0x666163746F7279  # PostgreSQL advisory lock key of a registry write transaction ("factory")
 
 
 def default_url(root: Path) -> str:
@@ -139,7 +182,8 @@ def engine(url: str) -> Engine:
     SQLite: the parent folder is created, WAL mode and a busy timeout of :data:`SQLITE_BUSY_TIMEOUT_S` are set on
     every connection, and connections are not pooled (safe across the fork of a multiprocess executor).
     """
-    cached = _ENGINES.get(url)
+    key = (url, os.getpid())  # a pooled connection must never cross a fork (two processes on one socket)
+    cached = _ENGINES.get(key)
     if cached is not None:
         return cached
     parsed = sa.engine.make_url(url)
@@ -151,7 +195,7 @@ def engine(url: str) -> Engine:
         sa.event.listen(made, "connect", _sqlite_pragmas)
     else:
         made = sa.create_engine(url, isolation_level="AUTOCOMMIT", pool_pre_ping=True)
-    _ENGINES[url] = made
+    _ENGINES[key] = made
     return made
 
 
@@ -178,7 +222,7 @@ def ensure_schema(con: Connection) -> None:
     """
     if not isinstance(con, Connection):
         return
-    with _atomic(con):
+    with _atomic(con):  # (on PostgreSQL under the write lock: two processes creating a fresh schema take turns)
         METADATA.create_all(con, checkfirst=True)
 
 
@@ -188,7 +232,8 @@ def _atomic(con: Connection) -> Iterator[None]:
 
     The connection is in autocommit mode, so the transaction is opened by hand: ``BEGIN IMMEDIATE`` on SQLite
     (takes the write lock now, waiting up to the busy timeout, so a read-then-write never meets a
-    concurrent writer), ``BEGIN`` elsewhere.
+    concurrent writer); on PostgreSQL ``BEGIN`` and a transaction-scoped advisory lock (the same guarantee,
+    released at COMMIT/ROLLBACK); ``BEGIN`` elsewhere.
     """
     depth = con.info.get("registry_tx_depth", 0)
     if depth:
@@ -200,6 +245,13 @@ def _atomic(con: Connection) -> Iterator[None]:
         return
     con.exec_driver_sql("BEGIN IMMEDIATE" if con.dialect.name == "sqlite" else "BEGIN")
     con.info["registry_tx_depth"] = 1
+    if con.dialect.name == "postgresql":  # the same one-writer-at-a-time as SQLite's BEGIN IMMEDIATE
+        try:
+            con.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_WRITE_LOCK_ID})")
+        except BaseException:
+            con.info["registry_tx_depth"] = 0
+            con.exec_driver_sql("ROLLBACK")
+            raise
     try:
         yield
     except BaseException:
@@ -598,3 +650,71 @@ def rollback_candidates(con: Connection, current_version: int) -> list[int]:
             continue
         out.append(version)
     return out
+
+
+# --------------------------------------------------------------------------- training windows, shadow scores
+def save_window_manifest(con: Connection, partition_day: date, manifest: dict) -> None:
+    """Store (replace) the window manifest of one ``training_window`` partition.
+
+    ``manifest`` is :func:`factory_assets.feature_store.store.window_manifest`'s dict (``start``, ``end``,
+    ``complete``, ``window_version``, ...); it is stored whole as JSON, its keys also as columns.
+    """
+    t = training_windows_table
+    with _atomic(con):
+        con.execute(sa.delete(t).where(t.c.partition_day == _day(partition_day)))
+        con.execute(sa.insert(t).values(
+            partition_day=_day(partition_day), window_start=_day(manifest["start"]), window_end=_day(manifest["end"]),
+            complete=bool(manifest["complete"]), window_version=str(manifest["window_version"]),
+            manifest=json.dumps(manifest), saved_at=_now(),
+        ))
+
+
+def load_window_manifest(con: Connection, partition_day: date) -> dict | None:
+    """The stored window manifest of a ``training_window`` partition (as saved), or None."""
+    t = training_windows_table
+    row = con.execute(sa.select(t.c.manifest).where(t.c.partition_day == _day(partition_day))).fetchone()
+    return None if row is None else json.loads(row[0])
+
+
+def _score_value(name: str, value):
+    """A score row's value as a plain Python scalar for binding (NaN and missing -> None, numpy -> int/float)."""
+    if value is None or (not isinstance(value, (str, date)) and pd.isna(value)):
+        return None
+    if name == "day":
+        return _day(value)
+    if name in _SCORE_INTS:
+        return int(value)
+    if name in _SCORE_FLOATS:
+        return float(value)
+    return value
+
+
+def replace_shadow_scores(con: Connection, day: date, rows: list[dict]) -> None:
+    """Replace the :data:`SHADOW_SCORES` rows of ``day`` with ``rows`` (dicts with the :data:`SCORE_COLUMNS`;
+    ``scored_at`` a UTC datetime), in one transaction."""
+    t = shadow_scores_table
+    values = [{name: _score_value(name, row.get(name)) for name in SCORE_COLUMNS} for row in rows]
+    with _atomic(con):
+        con.execute(sa.delete(t).where(t.c.day == _day(day)))
+        if values:
+            con.execute(sa.insert(t), values)
+
+
+def shadow_scores(con: Connection, until: date | None = None) -> pd.DataFrame:
+    """The :data:`SHADOW_SCORES` rows (up to and including ``until`` when given), oldest first (then by champion
+    and shadow version, missing versions last).
+
+    Columns: :data:`SCORE_COLUMNS`; ``day`` as ``date``, the counts and versions numeric (a version column with a
+    missing version is float64 with NaN), the scores float64 (NaN where not scored), ``scored_at`` UTC datetimes.
+    """
+    t = shadow_scores_table.c
+    query = sa.select(*(t[c] for c in SCORE_COLUMNS))
+    if until is not None:
+        query = query.where(t.day <= _day(until))
+    query = query.order_by(t.day, t.champion_version.is_(None), t.champion_version, t.shadow_version.is_(None),
+                           t.shadow_version, t.score_id)
+    frame = _frame(con.execute(query))
+    frame["day"] = [_day(d) for d in frame["day"]]
+    for name in (*_SCORE_INTS, *_SCORE_FLOATS):
+        frame[name] = pd.to_numeric(frame[name]).astype("float64") if name in _SCORE_FLOATS else pd.to_numeric(frame[name])
+    return frame

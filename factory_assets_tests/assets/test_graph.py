@@ -79,9 +79,11 @@ def test_rolling_window_maps_and_loads_exactly_28_days(home_copy):
 
     result = train(small_factory(home_copy), day)
     assert result.success
-    with _con(home_copy) as con, _reg(home_copy) as reg:
-        window = json.loads(con.execute("SELECT manifest FROM training_windows WHERE partition_day = ?", [day]).fetchone()[0])
+    with _reg(home_copy) as reg:  # the window manifest is the MLOps half's: in the registry's store
+        window = registry.load_window_manifest(reg, day)
         row = registry.latest_for_day(reg, day)
+    with _con(home_copy) as con:  # ... and no longer in the warehouse
+        assert con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = 'training_windows'").fetchone()[0] == 0
     assert window["complete"] and window["start"] == (day - timedelta(days=27)).isoformat() and window["end"] == day.isoformat()
     for view in ("user_item_daily", "item_daily"):
         assert sorted(i["partition"] for i in window["inputs"] if i["asset"] == view) == sorted(upstream)
@@ -168,7 +170,7 @@ def test_promotion_then_nan_model_is_rejected_and_champion_stays(home_copy, monk
     assert not safe.passed and "non-finite" in safe.description
     assert "served_model" not in _materialized(second)
     assert registry.read_alias(aliases) == champion  # untouched, byte for byte the same pointer
-    with _con(home_copy) as con, _reg(home_copy) as reg:
+    with _reg(home_copy) as reg:
         statuses = dict(registry.versions(reg)[["version", "status"]].itertuples(index=False))
     assert statuses == {1: "champion", 2: "rejected"}
 
@@ -204,7 +206,7 @@ def test_successive_days_promote_and_keep_history(home_copy):
     instance = DagsterInstance.ephemeral()
     for offset in range(3):
         assert train(factory, TRAIN_DAY + timedelta(days=offset), instance).success
-    with _con(home_copy) as con, _reg(home_copy) as reg:
+    with _reg(home_copy) as reg:
         versions = registry.versions(reg)
         history = registry.history(reg)
         decisions = registry.decisions(reg)
@@ -231,7 +233,7 @@ def test_a_candidate_not_clearly_as_good_as_the_champion_becomes_the_shadow(home
     aliases = home_copy / "simulator" / "aliases"
     assert registry.read_alias(aliases)["version"] == 1
     assert registry.read_alias(aliases, registry.SHADOW)["version"] == 2
-    with _con(home_copy) as con, _reg(home_copy) as reg:
+    with _reg(home_copy) as reg:
         assert registry.version_row(reg, 2)["status"] == "shadow"
         decision = reg.exec_driver_sql("SELECT verdict, markdown FROM promotion_decisions WHERE version = 2").fetchone()
     assert decision[0] == "shadow" and "Promotion decision" in decision[1] and "champion_tolerance" in decision[1]

@@ -1,4 +1,5 @@
-"""Tests of factory_assets.ml.registry on a temporary SQLite file (its default store)."""
+"""Tests of factory_assets.ml.registry on a temporary SQLite file (its default store), and on PostgreSQL when
+FACTORY_TEST_REGISTRY_URL names a scratch database (the store of a deployment)."""
 
 from __future__ import annotations
 
@@ -27,9 +28,22 @@ def clock(monkeypatch):
     return state
 
 
-@pytest.fixture
-def con(tmp_path, clock):
-    with registry.connect(registry.default_url(tmp_path)) as connection:
+POSTGRES_URL = os.environ.get("FACTORY_TEST_REGISTRY_URL")  # e.g. postgresql+psycopg2://postgres@127.0.0.1:5432/registry
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def con(request, tmp_path, clock):
+    """A registry connection on its default store (SQLite) and, when ``FACTORY_TEST_REGISTRY_URL`` names a
+    PostgreSQL database (emptied first: its registry tables are dropped), on that too."""
+    if request.param == "sqlite":
+        url = registry.default_url(tmp_path)
+    else:
+        if not POSTGRES_URL:
+            pytest.skip("no PostgreSQL registry to test: set FACTORY_TEST_REGISTRY_URL (a scratch database)")
+        url = POSTGRES_URL
+        with registry.engine(url).connect() as scratch:
+            registry.METADATA.drop_all(scratch)
+    with registry.connect(url) as connection:
         registry.ensure_schema(connection)
         registry.ensure_schema(connection)  # idempotent
         yield connection

@@ -1,9 +1,10 @@
 """``training_window`` (the rolling window's inputs, checked complete) and ``candidate_model`` (train, gate).
 
-Resources: ``feature_store`` (:class:`~factory_assets.feature_store.resource.FeatureStoreResource`: features,
-the ``training_windows`` manifest table), ``registry``, ``artefacts`` and ``model_policy``
-(:mod:`factory_assets.ml.resources`).  The window length the step reads is ``model_policy``'s, resolved at
-run time (the partition mapping of the dependency is the code's default window).
+Resources: ``feature_store`` (:class:`~factory_assets.feature_store.resource.FeatureStoreResource`: the
+features and their ledger, read only), ``registry`` (the model registry's store: versions, decisions and the
+``training_windows`` manifests), ``artefacts`` and ``model_policy`` (:mod:`factory_assets.ml.resources`).
+The window length the step reads is ``model_policy``'s, resolved at run time (the partition mapping of the
+dependency is the code's default window).
 """
 
 
@@ -84,15 +85,16 @@ MODEL_CODE_VERSION = "2"  # 2: the ranker's long purchase-history features
         )
     ],
     description="The feature partitions of the rolling window (model_policy.window_days) ending on the partition's "
-    "day, with their data versions.",
+    "day, with their data versions (the manifest is kept in the model registry's store).",
 )
 def training_window(context: AssetExecutionContext, feature_store: FeatureStoreResource,
-                    model_policy: ModelPolicy) -> MaterializeResult:
+                    registry: RegistryResource, model_policy: ModelPolicy) -> MaterializeResult:
     day = partition_day(context)
     window_days = model_policy.resolved_window_days(feature_store.source_name)
     with feature_store.connect() as con:
         manifest = store.window_manifest(con, day, window_days)
-        store.save_window_manifest(con, day, manifest)
+    with registry.connect() as reg:
+        model_registry.save_window_manifest(reg, day, manifest)
     missing = {view: days for view, days in manifest["missing"].items() if days}
     return MaterializeResult(
         data_version=DataVersion(manifest["window_version"]),
@@ -216,13 +218,13 @@ def candidate_model(
             context.log.warning(f"trained on data since erased: v{', v'.join(map(str, marked))}")
         champion = model_registry.read_alias(artefacts.aliases)
         champion_tainted = champion is not None and model_registry.has_event(reg, champion["version"], model_registry.ERASED_DATA)
+        window = model_registry.load_window_manifest(reg, day)
+    if window is None or not window["complete"]:
+        raise Failure(
+            description=f"training_window {day} is missing or incomplete; materialise the window's features first",
+            allow_retries=False,
+        )
     with feature_store.connect() as con:
-        window = store.load_window_manifest(con, day)
-        if window is None or not window["complete"]:
-            raise Failure(
-                description=f"training_window {day} is missing or incomplete; materialise the window's features first",
-                allow_retries=False,
-            )
         start, end = (date.fromisoformat(window[k]) for k in ("start", "end"))
         frame = store.read_window(con, start, end)
         feature_versions = {

@@ -4,8 +4,8 @@ Partition D reads the served-recommendation log of UTC day D (``<home>/<source>/
 attribution rule in :mod:`factory_assets.ml.served_log`) and the purchases of D from the feature store
 (:func:`day_purchases`: ``user_item_daily.last_purchase_ts`` of D), scores every
 ``(champion_version, shadow_version)`` pair the log holds on the requests logged for both roles, and replaces
-D's rows in the table :data:`SHADOW_SCORES` (in the feature store's warehouse, reached through the
-``feature_store`` resource).
+D's rows in the table :data:`SHADOW_SCORES` (in the model registry's store, reached through the ``registry``
+resource: :func:`factory_assets.ml.registry.replace_shadow_scores`; the warehouse is only read).
 
 Promotion rule (:class:`ShadowConfig`, :func:`factory_assets.ml.served_log.shadow_verdict`): the *current*
 shadow (the ``shadow`` alias) is promoted to champion when its pair with the *current* champion was scored
@@ -38,21 +38,9 @@ from factory_assets.ml import registry as model_registry
 from factory_assets.ml.resources import ArtefactStore, RegistryResource
 
 SHADOW_EVALUATION = "shadow_evaluation"
-SHADOW_SCORES = "shadow_scores"
+SHADOW_SCORES = model_registry.SHADOW_SCORES  # a table of the model registry's store
+SCORE_COLUMNS = model_registry.SCORE_COLUMNS
 HISTORY_ROWS = 14
-
-SCORE_COLUMNS: tuple[str, ...] = (
-    "day", "champion_version", "shadow_version", "n_requests", "n_excluded", "n_converting",
-    "champion_hit_rate_at_10", "shadow_hit_rate_at_10", "champion_ndcg_at_10", "shadow_ndcg_at_10",
-    "ndcg_lift", "ndcg_lift_se", "note", "scored_at",
-)
-
-_DDL = f"""CREATE TABLE IF NOT EXISTS {SHADOW_SCORES} (
-    day DATE NOT NULL, champion_version INTEGER, shadow_version INTEGER, n_requests BIGINT NOT NULL,
-    n_excluded BIGINT NOT NULL, n_converting BIGINT NOT NULL,
-    champion_hit_rate_at_10 DOUBLE, shadow_hit_rate_at_10 DOUBLE,
-    champion_ndcg_at_10 DOUBLE, shadow_ndcg_at_10 DOUBLE, ndcg_lift DOUBLE, ndcg_lift_se DOUBLE,
-    note VARCHAR NOT NULL, scored_at TIMESTAMPTZ NOT NULL)"""
 
 
 class ShadowConfig(Config):
@@ -65,11 +53,6 @@ class ShadowConfig(Config):
     min_requests: int = Field(
         default=1, ge=1, description="a day counts as scored only with at least this many requests logged for both roles"
     )
-
-
-def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
-    """Create :data:`SHADOW_SCORES` if missing (idempotent)."""
-    con.execute(_DDL)
 
 
 def day_purchases(con: duckdb.DuckDBPyConnection, day: date) -> pd.DataFrame:
@@ -131,36 +114,6 @@ def score_rows(day: date, log: pd.DataFrame, purchases: pd.DataFrame, champion: 
     return rows
 
 
-def replace_day(con: duckdb.DuckDBPyConnection, day: date, rows: list[dict]) -> None:
-    """Replace the rows of ``day`` in :data:`SHADOW_SCORES` in one transaction."""
-    frame = pd.DataFrame(rows, columns=list(SCORE_COLUMNS))
-    con.execute("BEGIN TRANSACTION")
-    try:
-        con.execute(f"DELETE FROM {SHADOW_SCORES} WHERE day = ?", [day])
-        con.register("_shadow_rows", frame)
-        con.execute(f"INSERT INTO {SHADOW_SCORES} SELECT {', '.join(SCORE_COLUMNS)} FROM _shadow_rows")
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
-    finally:
-        try:
-            con.unregister("_shadow_rows")
-        except duckdb.Error:
-            pass
-
-
-def scores(con: duckdb.DuckDBPyConnection, until: date | None = None) -> pd.DataFrame:
-    """Rows of :data:`SHADOW_SCORES` (up to ``until`` when given), oldest first; ``day`` as ``date``."""
-    where, params = ("WHERE day <= ?", [until]) if until is not None else ("", [])
-    frame = con.execute(
-        f"SELECT {', '.join(SCORE_COLUMNS)} FROM {SHADOW_SCORES} {where} ORDER BY day, champion_version, shadow_version",
-        params,
-    ).df()
-    frame["day"] = pd.to_datetime(frame["day"]).dt.date
-    return frame
-
-
 def _fmt(value: object, digits: int = 4) -> str:
     if value is None or (isinstance(value, float) and pd.isna(value)):
         return ""
@@ -201,7 +154,7 @@ def _rows_version(rows: list[dict]) -> str:
     backfill_policy=ONE_RUN_PER_PARTITION,
     code_version="1",
     description="Champion vs shadow on the day's served-recommendation log, joined with the day's later purchases "
-    "(table shadow_scores); once the shadow has beaten the champion on enough logged days it requests its "
+    "(table shadow_scores, in the model registry's store); once the shadow has beaten the champion on enough logged days it requests its "
     "promotion (the shadow_promoter sensor launches the served_model run).",
 )
 def shadow_evaluation(context: AssetExecutionContext, config: ShadowConfig, feature_store: FeatureStoreResource,
@@ -216,17 +169,17 @@ def shadow_evaluation(context: AssetExecutionContext, config: ShadowConfig, feat
     shadow_v = None if shadow is None else int(shadow["version"])
     requested, evidence, promotion_reason = False, {}, ""
     with feature_store.connect() as con:
-        ensure_schema(con)
         if not log.empty and contract.ledger(con, USER_ITEM_DAILY, day, day).empty:
             raise Failure(
                 description=f"{USER_ITEM_DAILY} {day} is not materialised (nor, perhaps, raw_events): the day's "
                 "purchases are unknown, so its served log cannot be scored yet", allow_retries=False,
             )
         purchases = day_purchases(con, day)
-        rows = score_rows(day, log, purchases, champion_v, shadow_v)
-        replace_day(con, day, rows)
-        table = scores(con, day)
-        history = table.tail(HISTORY_ROWS)
+    rows = score_rows(day, log, purchases, champion_v, shadow_v)
+    with registry.connect() as reg:
+        model_registry.replace_shadow_scores(reg, day, rows)
+        table = model_registry.shadow_scores(reg, day)
+    history = table.tail(HISTORY_ROWS)
 
     if shadow_v is None:
         verdict_text = "no shadow designated: nothing to promote"
