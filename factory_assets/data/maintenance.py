@@ -14,7 +14,6 @@ import hashlib
 from datetime import date, datetime, timedelta, timezone
 
 import duckdb
-import pandas as pd
 
 from factory_assets.feature_store import contract, store, views
 from factory_assets.data.warehouse import (

@@ -201,7 +201,8 @@ def list_versions(layout: HomeLayout, timeout_s: float = DEFAULT_LOCK_TIMEOUT_S)
     """Every registered version, oldest first.
 
     Returns:
-        ``{"source", "warehouse", "champion": int | None, "shadow": int | None, "alias_errors",
+        ``{"source", "warehouse" (the DataOps warehouse file, as before), "registry" (the registry's URL, password
+        hidden), "champion": int | None, "shadow": int | None, "alias_errors",
         "versions": [{"version", "partition", "status", "ndcg_at_10", "created_at", "updated_at", "reason",
         "manifest_sha256", "champion": bool, "shadow": bool}]}`` (``ndcg_at_10`` on the held-out days, None
         if unknown; times ISO 8601 UTC).
@@ -229,7 +230,8 @@ def list_versions(layout: HomeLayout, timeout_s: float = DEFAULT_LOCK_TIMEOUT_S)
             "shadow": int(row["version"]) == shadow,
         })
     return {
-        "source": layout.source, "registry": sa.engine.make_url(registry_url(layout)).render_as_string(hide_password=True),
+        "source": layout.source, "warehouse": str(layout.warehouse),  # kept for scripts; the registry is not in it
+        "registry": sa.engine.make_url(registry_url(layout)).render_as_string(hide_password=True),
         "champion": champion, "shadow": shadow,
         "alias_errors": aliases["errors"], "versions": versions,
     }
@@ -522,12 +524,15 @@ def run_served_model(layout: HomeLayout, action: str, version: int, partition: s
         resources={"registry": RegistryResource(home=home, source=source, url=registry_url(layout)),
                    "artefacts": ArtefactStore(home=home, source=source)},
     )
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # a fresh instance's schema stamps print ~20 INFO lines
     previous = os.environ.get("DAGSTER_HOME")
     settings.dagster_home(layout.home)  # creates <home>/dagster (or uses $DAGSTER_HOME) and points Dagster at it
     try:
         with DagsterInstance.get() as instance:
             result = defs.resolve_job_def(job_name).execute_in_process(
-                run_config=served_model_run_config(action, version, reason, actor),
+                # Dagster's console logger prints every event at DEBUG: INFO and above, as factory run does
+                run_config={**served_model_run_config(action, version, reason, actor),
+                            "loggers": {"console": {"config": {"log_level": "INFO"}}}},
                 instance=instance, partition_key=partition, raise_on_error=False,
                 tags={"factory/action": action, "factory/actor": actor},
             )

@@ -215,13 +215,7 @@ def connect(url: str) -> Iterator[Connection]:
 
 
 def ensure_schema(con: Connection) -> None:
-    """Create the registry tables if missing (idempotent).
-
-    A connection that is not SQLAlchemy's (the warehouse's DuckDB connection, from before the registry had its
-    own store) is ignored: the registry no longer lives there.
-    """
-    if not isinstance(con, Connection):
-        return
+    """Create the registry tables if missing (idempotent)."""
     with _atomic(con):  # (on PostgreSQL under the write lock: two processes creating a fresh schema take turns)
         METADATA.create_all(con, checkfirst=True)
 

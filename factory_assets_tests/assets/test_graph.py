@@ -12,7 +12,7 @@ import duckdb
 import numpy as np
 from dagster import AssetKey, DagsterInstance
 
-import factory_assets.ml.defs.candidate as model_assets
+import factory_assets.ml.candidate_day as model_assets
 from factory_assets.platform.partitions import DAILY, ROLLING_WINDOW, WINDOW_DAYS
 from factory_assets.ml import registry
 from factory_assets.resources import PromotionPolicy

@@ -11,7 +11,7 @@ from dagster import DagsterEventType, build_sensor_context
 
 import factory_assets.data.resources as resources_module
 from factory_assets.feature_store import store
-from factory_assets.data.maintenance import stale_inputs
+from factory_assets.feature_store.contract import stale_inputs
 from factory_assets.resources import Factory
 from factory_assets.data.defs.sensors import landed_files_sensor
 from factory_assets.data.sources.faults import BrokenSource

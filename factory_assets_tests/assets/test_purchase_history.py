@@ -8,7 +8,7 @@ import duckdb
 import pytest
 
 from factory_assets.feature_store import retrieval, store
-from factory_assets.data.maintenance import stale_inputs
+from factory_assets.feature_store.contract import stale_inputs
 from factory_assets.ml.recsys.artefact import load_manifest_model, read_manifest
 from factory_assets.ml import registry
 from factory_assets.ml.training import retrain_from_manifest
