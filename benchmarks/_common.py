@@ -3,7 +3,9 @@ Dagster or as a plain script, peak RSS, tables and JSON.
 
 The *plain* cycle calls the very same asset bodies (``AssetsDefinition.op.compute_fn.decorated_fn``) in the
 job's topological order, with a minimal stand-in for the Dagster context (``partition_key``, ``log``,
-``retry_number``) and the ``Factory`` / op configs built directly: same library calls, same order,
+``retry_number``, ``job_name``), the resources of ``Factory.resources()`` (``warehouse``, ``event_source``,
+``feature_store``, ``registry``, ``artefacts``, ``model_policy``) passed by key and the op configs built
+directly: same library calls, same order,
 same warehouse writes, but no Dagster instance, run/event storage, step orchestration, resource/config
 resolution or check-result handling.  The difference between the two is the framework's overhead.
 """
@@ -134,8 +136,9 @@ def make_factory(home: Path, shop_options: dict):
 
 
 def run_config(home: Path, shop_options: dict, candidate: dict | None = None) -> dict:
-    config: dict = {"resources": {"factory": {"config": {"home": str(home), "source": "simulator", "source_path": "",
-                                                         "simulator": dict(shop_options)}}}}
+    """Run config of the definitions' jobs for ``home``: every resource key (``Factory.run_config``), plus
+    ``candidate_model``'s op config when given."""
+    config: dict = {"resources": make_factory(home, shop_options).run_config()}
     if candidate:
         config["ops"] = {"candidate_model": {"config": dict(candidate)}}
     return config
@@ -201,8 +204,8 @@ class _Log:
         self._log.debug(msg)
 
 
-def _context(day: date) -> SimpleNamespace:
-    return SimpleNamespace(partition_key=day.isoformat(), log=_Log(), retry_number=0)
+def _context(day: date, job_name: str | None = None) -> SimpleNamespace:
+    return SimpleNamespace(partition_key=day.isoformat(), log=_Log(), retry_number=0, job_name=job_name)
 
 
 def job_nodes(job_name: str) -> list:
@@ -217,7 +220,8 @@ def plain_cycle(home: Path, shop_options: dict, day: date, candidate: dict, jobs
     """The jobs' op bodies (``compute_fn.decorated_fn``) called directly, in the jobs' topological order.
 
     Arguments are built from each body's signature: ``context`` -> a stand-in (partition_key, log,
-    retry_number), resources by key (``factory`` -> the Factory of ``home``), ``config`` -> its Config
+    retry_number, job_name), resources by key (``Factory(home).resources()``: ``warehouse``, ``event_source``,
+    ``feature_store``, ``registry``, ``artefacts``, ``model_policy``; and ``alert_webhook``), ``config`` -> its Config
     class with defaults (``candidate`` for candidate_model).  A blocking check that fails skips everything
     downstream of its asset, as Dagster would.  ``only``: run just these op names (e.g. setup of a champion).
     """
@@ -227,12 +231,12 @@ def plain_cycle(home: Path, shop_options: dict, day: date, candidate: dict, jobs
     from factory_assets.platform.alerts import AlertWebhook
 
     factory = make_factory(home, shop_options)
-    resources = {"factory": factory, "alert_webhook": AlertWebhook()}
-    ctx = _context(day)
+    resources = {**factory.resources(), "alert_webhook": AlertWebhook()}
     timings, blocked, verdict = {}, set(), None
     for job in jobs:
         from factory_assets.definitions import defs
 
+        ctx = _context(day, job)
         job_def = defs.resolve_job_def(job)
         deps = job_def.graph.dependency_structure
         for node in job_nodes(job):
@@ -322,7 +326,8 @@ def measure_cycle_subprocess(mode: str, home: Path, shop_options: dict, day: dat
 
 
 MODEL_CODE = ("factory_assets/ml/recsys", "factory_assets/ml/training.py", "factory_assets/ml/defs/candidate.py",
-              "factory_assets/ml/promotion.py", "factory_assets/ml/registry.py")
+              "factory_assets/ml/candidate_day.py", "factory_assets/ml/promotion.py", "factory_assets/ml/registry.py",
+              "factory_assets/ml/resources.py")
 
 
 def model_fingerprint(candidate: dict) -> str:
@@ -333,7 +338,7 @@ def model_fingerprint(candidate: dict) -> str:
     digest = hashlib.sha256(json.dumps(candidate, sort_keys=True).encode())
     for part in MODEL_CODE:
         path = ROOT / part
-        for f in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
+        for f in sorted(path.rglob("*.py")) if path.is_dir() else [path] if path.exists() else []:
             digest.update(f.read_bytes())
     return digest.hexdigest()[:12]
 

@@ -14,8 +14,10 @@ from dagster import Definitions, define_asset_job, multiprocess_executor
 def _defs() -> Definitions:
     from factory_assets import definitions as d
 
+    # the locations' own (unresolved) asset jobs: their selections, rebuilt with another executor
+    by_name = {j.name: j for j in (*d.dataops.JOBS, *d.mlops.JOBS)}
     jobs = [define_asset_job(j.name, selection=j.selection, executor_def=multiprocess_executor)
-            for j in (d.defs.get_job_def(d.INGEST_JOB), d.defs.get_job_def(d.TRAINING_JOB))]
+            for j in (by_name[d.INGEST_JOB], by_name[d.TRAINING_JOB])]
     return Definitions(
         assets=[*d.DATAOPS_ASSETS, *d.MLOPS_ASSETS, *d.MONITORING_ASSETS],
         asset_checks=list(d.mlops.ASSET_CHECKS),

@@ -40,7 +40,8 @@ Cases
                 and schedules.db; ``PRAGMA quick_check``), and a further run on the home must succeed (first
                 repeat always; later repeats only when the winner did not complete or the instance looks bad:
                 the winner's own 21 later runs already use the instance after the loser exited).
-``flaky``       one whole run with ``Factory.fault_rate=0.3`` (added to every run's config by the child:
+``flaky``       one whole run with ``Factory.fault_rate=0.3`` (the ``event_source`` resource's ``fault_rate`` /
+                ``fault_seed``, added to every run's config by the child:
                 ``cli.run`` has no parameter for it); raw_events retries transient source errors
                 (``FETCH_RETRY``: 4 retries, exponential back-off 0.5 s .. 4 s).  Identical to the reference?
                 How many transient failures, retries (Dagster's ``STEP_UP_FOR_RETRY`` events) and how many the
@@ -124,14 +125,17 @@ def child(ns: argparse.Namespace) -> int:
     from factory_assets import cli
     from factory_assets.platform import runguard, settings
 
-    if ns.fault_rate:  # Factory.fault_rate / fault_seed through every run's run config
+    if ns.fault_rate:  # Factory.fault_rate / fault_seed: the event_source resource's config in every run's run config
         from dagster import JobDefinition
 
         original = JobDefinition.execute_in_process
 
         def with_faults(self, run_config=None, *a, **k):
             run_config = copy.deepcopy(run_config)
-            run_config["resources"]["factory"]["config"].update(fault_rate=ns.fault_rate, fault_seed=ns.fault_seed)
+            resources = run_config["resources"]
+            if "event_source" not in resources:
+                raise RuntimeError(f"faults: no event_source resource in the run config of {self.name}: {sorted(resources)}")
+            resources["event_source"]["config"].update(fault_rate=ns.fault_rate, fault_seed=ns.fault_seed)
             return original(self, run_config, *a, **k)
 
         JobDefinition.execute_in_process = with_faults
@@ -304,7 +308,8 @@ def log_position(lines: list[tuple[float, str]], until: float | None = None) -> 
 
 # =============================================================================================== the stored state
 def snapshot(home: Path) -> dict:
-    """The warehouse's ledger (raw and feature views), raw row counts, the registry and the champion."""
+    """The warehouse's ledger (raw and feature views), raw row counts, the registry (its own store) and the
+    champion."""
     import duckdb
 
     from factory_assets.data import warehouse
@@ -330,18 +335,38 @@ def snapshot(home: Path) -> dict:
                 out["raw"] = rows
             else:
                 out["features"][asset] = rows
-        out["registry"] = [{"version": int(v), "partition_day": str(d)[:10], "status": st, "manifest_sha256": sha}
-                           for v, d, st, sha in con.execute(
-                               "SELECT version, partition_day, status, manifest_sha256 FROM model_versions ORDER BY version").fetchall()]
     except Exception as exc:  # noqa: BLE001
         out["error"] = f"{type(exc).__name__}: {exc}"
     finally:
         con.close()
+    out["registry"], registry_error = registry_versions(home)
+    if registry_error and not out["error"]:
+        out["error"] = registry_error
     alias = home / "simulator" / "aliases" / "champion.json"
     if alias.exists():
         pointer = json.loads(alias.read_text())
         out["champion"] = {k: pointer.get(k) for k in ("version", "sha256", "partition_day")}
     return out
+
+
+def registry_versions(home: Path) -> tuple[list[dict], str | None]:
+    """The model registry's versions (its own SQLite store, ``<home>/simulator/registry.db``, read-only; no file
+    yet = no versions) and an error text when it cannot be read."""
+    from factory_assets.ml import registry
+
+    path = home / "simulator" / registry.REGISTRY_FILE
+    if not path.exists():
+        return [], None
+    try:
+        with _ro(path) as con:
+            rows = con.execute(f"SELECT version, partition_day, status, manifest_sha256 FROM {registry.VERSIONS} "
+                               "ORDER BY version").fetchall()
+    except sqlite3.Error as exc:
+        if "no such table" in str(exc):
+            return [], None
+        return [], f"registry unreadable: {type(exc).__name__}: {exc}"
+    return [{"version": int(v), "partition_day": str(d)[:10], "status": st, "manifest_sha256": sha}
+            for v, d, st, sha in rows], None
 
 
 def compare(ref: dict, got: dict) -> dict:

@@ -136,19 +136,14 @@ TARGET = 1_000_000  # events/s on the store path (ingest_day), issue 14
 
 
 def _resources(body, home: Path, shop: dict):
-    """``(asset kwargs, event source, warehouse connect())`` for the asset body's signature: the split
-    ``event_source``/``warehouse`` resources, or the older single ``factory`` resource."""
+    """``(asset kwargs, event source, warehouse connect())`` for the asset body's signature: the resources of
+    ``Factory(home).resources()`` that it takes by key (``event_source``, ``warehouse``)."""
     import inspect
 
-    params = inspect.signature(body).parameters
-    if "factory" in params:
-        factory = c.make_factory(home, shop)
-        return {"factory": factory}, factory.event_source, factory.warehouse
-    from factory_assets.data.resources import EventSourceResource, SimulatorOptions, WarehouseResource
-
-    source = EventSourceResource(home=str(home), source="simulator", source_path="", simulator=SimulatorOptions(**shop))
-    store = WarehouseResource(home=str(home), source="simulator")
-    return {"event_source": source, "warehouse": store}, source.event_source, store.connect
+    factory = c.make_factory(home, shop)
+    resources = factory.resources()
+    kwargs = {name: resources[name] for name in inspect.signature(body).parameters if name in resources}
+    return kwargs, factory.event_source, factory.warehouse
 
 
 def main(argv: list[str] | None = None) -> int:
