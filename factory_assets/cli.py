@@ -345,6 +345,7 @@ def _verdict(result, day: date, row: dict) -> dict | None:
 
 def _summary(source, factory, dagster_home, start, end, days, trained, runs, reaped, stopped, started,
              read_registry: bool = True) -> dict:
+    from factory_assets.data.defs.definitions import INGEST_JOB
     from factory_assets.ml import registry
 
     last_row = window = None
@@ -379,7 +380,8 @@ def _summary(source, factory, dagster_home, start, end, days, trained, runs, rea
         "served_model": None if champion is None else {k: champion[k] for k in ("version", "sha256", "path", "partition_day")},
         "evaluation": evaluation,
         "checks": checks,
-        "partitions": [d.isoformat() for d in days],
+        # the days this run materialised: a successful daily_ingest run each (not the whole requested range)
+        "partitions": [r["partition"] for r in runs if r["job"] == INGEST_JOB and r.get("outcome") == "ok"],
         "trained": trained,
         "registry": {"versions": n_versions, "promotions": n_promotions},
         "runs": runs,
@@ -521,6 +523,10 @@ def dev(extra: list[str]) -> int:
 
     try:
         home = settings.factory_home()
+        try:
+            settings.HomeLayout(home, settings.source_name()).check_format()
+        except settings.HomeFormatError as exc:
+            raise SystemExit(f"factory: {exc}") from None
         _writable_home(home)
         runguard.open_instance(settings.dagster_home(home))  # its schemas stamped once, under the instance lock
     except SystemExit as exc:

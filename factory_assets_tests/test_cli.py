@@ -98,6 +98,7 @@ def test_factory_run_stops_at_the_first_failed_ingest_day(tmp_path, capsys):
     assert [(r["job"], r["partition"], r["success"]) for r in summary["runs"]] == [("daily_ingest", "2018-01-01", False)]
     assert summary["runs"][0]["error"].startswith("raw_events: ")  # the reason, not only a False
     assert summary["served_model"] is None and summary["trained"] == []
+    assert summary["partitions"] == []  # nothing was materialised (not the 365 days asked for)
 
 
 @pytest.mark.slow
@@ -143,3 +144,14 @@ def test_a_home_from_before_the_registry_had_its_own_store_is_refused_in_one_lin
     assert "was written by an older factory_assets" in err and str(home / "simulator") in err and out == ""
     assert err.count("\n") == 1
     assert sorted(p.name for p in (home / "simulator").iterdir()) == ["warehouse.duckdb"]  # nothing was touched
+
+
+@pytest.mark.parametrize("command", [["models", "list"], ["models", "rollback", "--reason", "x"], ["serve", "--port", "1"]])
+def test_every_command_refuses_an_old_home_in_one_line(tmp_path, capsys, command):
+    home = tmp_path / "old-home"
+    (home / "simulator").mkdir(parents=True)
+    (home / "simulator" / "warehouse.duckdb").write_bytes(b"")
+    assert cli.main([*command, "--home", str(home)]) == 2
+    out, err = capsys.readouterr()
+    assert "was written by an older factory_assets" in err and err.count("\n") == 1
+    assert sorted(p.name for p in (home / "simulator").iterdir()) == ["warehouse.duckdb"]

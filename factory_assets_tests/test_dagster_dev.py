@@ -151,7 +151,11 @@ def test_dagster_dev_on_an_empty_home_reaches_a_served_model_by_itself(tmp_path)
                     freshness = (node["freshnessStatusInfo"] or {}).get("freshnessStatus")
                     first_freshness = first_freshness or freshness
                     served = node["assetMaterializations"][0] if node["assetMaterializations"] else None
-                    if served and freshness == "HEALTHY":
+                    # done: the served model is fresh and no automation run is still going (the run that
+                    # served it may still be on its last step, the shadow evaluation)
+                    in_flight = [r for r in data["runsOrError"]["results"]
+                                 if r["status"] in ("QUEUED", "NOT_STARTED", "STARTING", "STARTED")]
+                    if served and freshness == "HEALTHY" and not in_flight:
                         break
                 time.sleep(2)
             elapsed = time.monotonic() - started

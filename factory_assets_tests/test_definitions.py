@@ -57,6 +57,10 @@ def test_dagster_cli_validates_the_project_from_the_repo_root(tmp_path):
     env = {**os.environ, "DAGSTER_HOME": str(tmp_path), "FACTORY_HOME": str(tmp_path / "home")}
     out = subprocess.run(
         [sys.executable, "-m", "dagster", "definitions", "validate"], cwd=REPO_ROOT, env=env,
-        capture_output=True, text=True, timeout=120,
+        capture_output=True, text=True, timeout=180,
     )
     assert out.returncode == 0, out.stderr[-2000:]
+    # the repository root's default target is workspace.yaml: both code locations, not a merged one
+    text = out.stdout + out.stderr
+    assert "code location dataops" in text and "code location mlops" in text, text[-2000:]
+    assert "code location factory_assets" not in text

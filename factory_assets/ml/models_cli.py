@@ -677,13 +677,18 @@ def _layout(args: argparse.Namespace) -> HomeLayout:
     home = Path(args.home).expanduser().resolve() if args.home else settings.factory_home()
     try:
         source = args.source or settings.source_name()
+        layout = HomeLayout(home, source)
+        layout.check_format()  # an older layout's registry is inside its warehouse: refuse, never show it empty
+    except settings.HomeFormatError as exc:
+        raise CommandError(str(exc), kind="old_home", exit_status=2) from exc
     except ValueError as exc:
         raise CommandError(str(exc)) from exc
-    return HomeLayout(home, source)
+    return layout
 
 
 def main(args: argparse.Namespace) -> int:
-    """Run one ``factory models`` command; returns the exit status (0, 1 refused/not found, 3 locked)."""
+    """Run one ``factory models`` command; returns the exit status (0, 1 refused/not found, 2 a home of an older
+    layout, 3 locked)."""
     printers = {"list": _print_list, "show": _print_show, "diff": _print_diff, "rollback": _print_rollback}
     try:
         layout = _layout(args)

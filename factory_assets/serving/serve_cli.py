@@ -33,7 +33,8 @@ def main(args) -> int:
             landing_dir=Path(args.landing).expanduser().resolve() if args.landing else None,
             poll_interval_s=args.poll_interval,
         )
-    except SettingsError as exc:  # a bad FACTORY_* variable: one line, not a traceback
+        config.layout.check_format()  # an older home: refused, not served as "no champion"
+    except SettingsError as exc:  # a bad FACTORY_* variable or an old home: one line, not a traceback
         print(f"factory serve: {exc}", file=sys.stderr)
         return 2
     return serve(args.host, args.port, config, args.log_level)
