@@ -160,7 +160,7 @@ def test_the_asset_refuses_a_day_without_features(tmp_path):
 def test_change_point_is_the_first_day_of_the_latest_drifted_run_in_the_window():
     from datetime import date, timedelta
 
-    from factory_assets.data.drift import change_point
+    from factory_assets.feature_store.contract import change_point
 
     d = lambda n: date(2024, 11, 1) + timedelta(days=n)
     start, end = d(0), d(27)

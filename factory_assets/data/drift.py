@@ -48,7 +48,6 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import date, timedelta
 
 import numpy as np
 
@@ -218,4 +217,3 @@ def assess(
     if not categories:
         reason += " (no item categories from this source: item popularity only)"
     return DriftReport(tuple(dists), n_cur, n_ref, reason)
-from factory_assets.feature_store.contract import change_point  # noqa: E402,F401 (the regime rule lives in the contract)

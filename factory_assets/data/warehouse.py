@@ -48,18 +48,6 @@ def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
         con.execute(statement)
 
 
-def frame_data_version(frame: pd.DataFrame, salt: str = "") -> str:
-    """A content hash of a frame (column names, dtypes and values, row order as given), hex sha256.
-
-    Callers sort rows first so that equal content gives an equal version.
-    """
-    digest = hashlib.sha256(salt.encode())
-    digest.update("|".join(f"{c}:{frame[c].dtype}" for c in frame.columns).encode())
-    if len(frame):
-        digest.update(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
-    return digest.hexdigest()
-
-
 #: Bumped when the way :func:`partition_data_version` hashes rows changes.
 _VERSION_SCHEME = "raw-rows/duckdb-hash/v1"
 _VERSION_SQL = f"""

@@ -42,9 +42,9 @@ from dagster import (
 )
 
 from factory_assets.data import drift
-from factory_assets.data.drift_history import HISTORY_ROWS, REFERENCE_DAYS, assess_day, item_category_map  # noqa: F401
+from factory_assets.data.drift_history import REFERENCE_DAYS, assess_day, item_category_map  # noqa: F401 (item_category_map re-exported)
 from factory_assets.data.resources import EventSourceResource, WarehouseResource
-from factory_assets.feature_store.contract import BEHAVIOUR_DRIFT, DRIFT_HISTORY, ITEM_DAILY, regime_start  # noqa: F401 (re-exported)
+from factory_assets.feature_store.contract import BEHAVIOUR_DRIFT, DRIFT_HISTORY, ITEM_DAILY  # noqa: F401 (DRIFT_HISTORY re-exported)
 from factory_assets.platform.partitions import DAILY, SINGLE_RUN, WAREHOUSE_POOL, for_each_day
 
 DRIFT_CHECK = "drift_within_threshold"
@@ -53,8 +53,14 @@ GROUP_MONITORING = "monitoring"
 DRIFT_WINDOW = TimeWindowPartitionMapping(start_offset=-REFERENCE_DAYS, end_offset=0)
 
 
-def _float_or_null(value: float | None) -> MetadataValue:
-    return MetadataValue.null() if value is None else MetadataValue.float(round(value, 6))
+def _metrics_metadata(report: drift.DriftReport) -> dict[str, MetadataValue]:
+    """The four drift metrics (rounded to 6 places; null where undefined), on the check and the materialization."""
+    return {
+        f"{metric}_{dist}": MetadataValue.null() if (value := report.metric(dist, metric)) is None
+        else MetadataValue.float(round(value, 6))
+        for dist, metric in (("items", "psi"), ("items", "js_distance"), ("categories", "psi"),
+                             ("categories", "js_distance"))
+    }
 
 
 @asset(
@@ -96,6 +102,7 @@ def _behaviour_drift_day(event_source: EventSourceResource, warehouse: Warehouse
             raise Failure(description=str(exc), allow_retries=False) from exc
     report, reference_days, past, version = result.report, result.reference_days, result.history, result.data_version
     table = past.assign(partition_day=past["partition_day"].astype(str)).round(4)
+    metrics = _metrics_metadata(report)
     return MaterializeResult(
         data_version=DataVersion(version),
         check_results=[
@@ -104,22 +111,13 @@ def _behaviour_drift_day(event_source: EventSourceResource, warehouse: Warehouse
                 passed=not report.drifted,
                 severity=AssetCheckSeverity.WARN,
                 description=report.reason,
-                metadata={
-                    "drifted": report.drifted,
-                    "psi_items": _float_or_null(report.metric("items", "psi")),
-                    "js_distance_items": _float_or_null(report.metric("items", "js_distance")),
-                    "psi_categories": _float_or_null(report.metric("categories", "psi")),
-                    "js_distance_categories": _float_or_null(report.metric("categories", "js_distance")),
-                },
+                metadata={"drifted": report.drifted, **metrics},
             )
         ],
         metadata={
             "drifted": report.drifted,
             "reason": report.reason,
-            "psi_items": _float_or_null(report.metric("items", "psi")),
-            "js_distance_items": _float_or_null(report.metric("items", "js_distance")),
-            "psi_categories": _float_or_null(report.metric("categories", "psi")),
-            "js_distance_categories": _float_or_null(report.metric("categories", "js_distance")),
+            **metrics,
             "thresholds": MetadataValue.json({"psi": drift.PSI_THRESHOLD, "js_distance": drift.JS_DISTANCE_THRESHOLD}),
             "distributions": MetadataValue.json([d.as_dict() for d in report.distributions]),
             "categories_known": categories is not None,

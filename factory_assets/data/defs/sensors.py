@@ -6,27 +6,17 @@ stale (their manifests name the old version).  The cursor maps file name -> sha2
 never requests anything twice and an edited one requests its days again.
 """
 
-import hashlib
 import json
-from pathlib import Path
 from datetime import date
 
 from dagster import RunRequest, SensorEvaluationContext, SensorResult, SkipReason, sensor, DefaultSensorStatus
 
 from factory_assets.data.resources import EventSourceResource
+from factory_assets.platform.files import sha256_file
 from factory_assets.platform.partitions import DAILY
 from factory_assets.data.sources.folder import landed_files, partitions_touched
 
 LANDED_FILES_SENSOR = "landed_files_sensor"
-
-
-def sha256_file(path: str | Path) -> str:
-    """Hex sha256 of a file's bytes (read in 1 MiB blocks)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def plan_requests(files: dict[str, str], touched: dict[str, set[date]], cursor: dict[str, str], valid: set[str]) -> tuple[list[str], dict[str, str]]:

@@ -21,6 +21,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from factory_assets.ml.recsys.model import BlendModel, ModelParams
+from factory_assets.platform.files import sha256_file  # noqa: F401 (part of this module's API)
 
 FORMAT = "factory_assets.blend/1"
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)
@@ -28,15 +29,6 @@ _ZIP_DATE = (1980, 1, 1, 0, 0, 0)
 
 class ArtefactIntegrityError(RuntimeError):
     """An artefact's bytes do not match the sha256 its manifest promises (tampered or corrupted)."""
-
-
-def sha256_file(path: str | Path) -> str:
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
