@@ -299,7 +299,8 @@ def dagster_cycle(home: Path, shop_options: dict, day: date, candidate: dict, jo
             result = defs.resolve_job_def(job).execute_in_process(
                 run_config=configs[job], instance=instance, partition_key=day.isoformat(), raise_on_error=False
             )
-            out[job] = {"seconds": time.perf_counter() - t, "success": result.success}
+            out[job] = {"seconds": time.perf_counter() - t, "success": result.success,
+                        **run_details(instance, result.run_id)}
     else:
         from dagster import execute_job, reconstructable
 
@@ -315,6 +316,21 @@ def dagster_cycle(home: Path, shop_options: dict, day: date, candidate: dict, jo
             out[job] = {"seconds": time.perf_counter() - t, "success": success}
     instance.dispose()
     return out
+
+
+def run_details(instance, run_id: str) -> dict:
+    """Per-step wall seconds of a finished run (``steps``: step key -> end - start, from the instance's step
+    stats) and the ``stage_seconds`` metadata of its ``candidate_model`` materialization, if any."""
+    from dagster import AssetKey
+
+    steps = {s.step_key: round(s.end_time - s.start_time, 3)
+             for s in instance.get_run_step_stats(run_id) if s.start_time and s.end_time}
+    candidate = {}
+    for record in instance.fetch_materializations(AssetKey("candidate_model"), limit=5, ascending=False).records:
+        if record.event_log_entry.run_id == run_id:
+            meta = record.asset_materialization.metadata.get("stage_seconds")
+            candidate = dict(meta.value) if meta is not None else {}
+    return {"steps": steps, "candidate_stages": candidate}
 
 
 def measure_cycle_subprocess(mode: str, home: Path, shop_options: dict, day: date, candidate: dict,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
@@ -45,6 +46,10 @@ from factory_assets.platform import settings
 from factory_assets.platform.settings import HOLDOUT_DAYS
 
 MODEL_CODE_VERSION = "2"  # 2: the ranker's long purchase-history features (the candidate_model asset's code version)
+FULL_SEARCH_EVERY_DAYS = 7  # a warm-started search chain is refreshed by a full search at least this often
+SEARCHED = ("factors", "regularization", "alpha", "iterations", "ranker_c")  # what the ranker's search chooses
+# params that neither the search nor the day sets: a champion that differs in one of them cannot lend its choice
+_NOT_COMPARED = {*SEARCHED, "search_budget", "regime_start", "use_gpu", "als_weight", "max_eval_users", "max_label_users"}
 
 logger = logging.getLogger(__name__)
 
@@ -148,6 +153,8 @@ class CandidateDay:
     plot: bytes  # PNG of NDCG@10 by activity segment
     plot_path: Path
     checks: tuple[GateCheck, ...]  # one per gate, in promotion.GATES order
+    seconds: dict[str, float] = field(default_factory=dict)  # wall seconds: read, train, artefacts, gates, register
+    search: dict = field(default_factory=dict)  # search_plan's record (also in the manifest)
 
 
 def _ranker_manifest(model) -> dict | None:
@@ -167,9 +174,56 @@ def _ranker_manifest(model) -> dict | None:
     }
 
 
+def search_plan(params: ModelParams, day: date, champion_manifest: dict | None, champion_version: int | None = None,
+                champion_tainted: bool = False, warm_start: bool = True) -> tuple[ModelParams, dict]:
+    """Warm start or full search: the params to train with and the manifest's ``search`` record.
+
+    A ranker whose search is on (``ranker_c`` None, ``search_budget`` > 0) re-uses the champion's chosen
+    :data:`SEARCHED` parameters (no search: ``search_budget`` 0, ``ranker_c`` fixed) unless a full search is
+    asked for: no champion (or not a ranker), behaviour drift in the window (``params.regime_start``), another
+    model code version, other non-searched parameters, a champion trained on data since erased, a search made
+    after ``day`` (a backtest), a chain of warm starts whose last full search is :data:`FULL_SEARCH_EVERY_DAYS`
+    days or more before ``day``, or ``warm_start`` False.
+
+    Returns:
+        ``(params, {"mode": "full"|"warm_start"|"fixed", "reason", "searched_on": ISO day of the full search the
+        parameters come from, "from_version": the champion's version or None})``.
+    """
+    if params.model_kind != "ranker" or params.ranker_c is not None or params.search_budget <= 0:
+        return params, {"mode": "fixed", "reason": "the parameters are fixed by the run config (no search)",
+                        "searched_on": None, "from_version": None}
+    reason = None
+    search = (champion_manifest or {}).get("search") or {}
+    cp = (champion_manifest or {}).get("params") or {}
+    if not warm_start:
+        reason = "warm start off"
+    elif champion_manifest is None:
+        reason = "no champion to start from"
+    elif params.regime_start is not None:
+        reason = f"behaviour drift since {params.regime_start}"
+    elif champion_manifest.get("code_version") != MODEL_CODE_VERSION:
+        reason = f"model code version {champion_manifest.get('code_version')} -> {MODEL_CODE_VERSION}"
+    elif champion_tainted:
+        reason = "the champion was trained on data since erased"
+    elif cp.get("model_kind") != "ranker" or cp.get("ranker_c") is None or search.get("mode") not in ("full", "warm_start"):
+        reason = "the champion records no ranker search"
+    elif changed := sorted(k for k, v in params.as_dict().items() if k not in _NOT_COMPARED and cp.get(k, v) != v):
+        reason = f"parameters changed since the champion: {', '.join(changed)}"
+    elif date.fromisoformat(search["searched_on"]) > day:
+        reason = f"backtest: the champion's search ({search['searched_on']}) is after this day"
+    elif (day - date.fromisoformat(search["searched_on"])).days >= FULL_SEARCH_EVERY_DAYS:
+        reason = f"the last full search ({search['searched_on']}) is {FULL_SEARCH_EVERY_DAYS}+ days old"
+    if reason is not None:
+        return params, {"mode": "full", "reason": reason, "searched_on": day.isoformat(), "from_version": None}
+    warm = replace(params, search_budget=0, **{k: float(cp[k]) if k == "ranker_c" else cp[k] for k in SEARCHED})
+    return warm, {"mode": "warm_start", "reason": f"the parameters of champion v{champion_version}, searched on "
+                  f"{search['searched_on']}", "searched_on": search["searched_on"], "from_version": champion_version}
+
+
 def train_day(
     connect_features: Connect, connect_registry: Connect, artefacts: ArtefactDirs, day: date, source: str,
-    params: ModelParams, policy: Mapping[str, Any], *, drift_reweighting: bool = True, log: Log | None = None,
+    params: ModelParams, policy: Mapping[str, Any], *, drift_reweighting: bool = True, warm_start: bool = True,
+    log: Log | None = None,
 ) -> CandidateDay:
     """Train, judge and register the candidate of ``day`` on its recorded training window.
 
@@ -182,12 +236,15 @@ def train_day(
             ``champion_tolerance``, ``confidence``, ``bootstrap_resamples``, ``max_artefact_mb``,
             ``max_recommend_ms``, ``sample_users``).
         drift_reweighting: down-weight the days before the drift monitor's change point.
+        warm_start: re-use the champion's searched parameters when nothing asks for a full search
+            (:func:`search_plan`); False: always search.
         log: where progress and warnings go (default: this module's logger).
 
     Raises:
         WindowMissing: the ``training_window`` of ``day`` is missing or incomplete.
     """
     log = log or logger
+    clock = _Clock()
     with connect_features() as con, connect_registry() as reg:
         # an erasure since the last run (the erasure_watch sensor may not have ticked yet)
         if marked := mark_trained_on_erased_data(reg, con):
@@ -216,8 +273,19 @@ def train_day(
                    "to give the fits their full history)" if history_manifest["missing"] else ""))
     if regime is not None:
         log.info(f"behaviour drift since {regime}: the days before it are down-weighted in the fits")
+    champion_manifest = None
+    if warm_start and champion is not None:
+        try:
+            champion_manifest = read_manifest(champion["path"], champion["sha256"])
+        except (ArtefactIntegrityError, FileNotFoundError) as exc:
+            log.warning(f"champion v{champion['version']}'s manifest cannot be read, full search: {exc}")
+    params, search = search_plan(params, day, champion_manifest, champion and champion["version"], champion_tainted,
+                                 warm_start)
+    log.info(f"ranker search: {search['mode']} ({search['reason']})")
+    clock.lap("read")
     result = train_candidate(frame, (start, end), HOLDOUT_DAYS, params, history=history)
     del history
+    clock.lap("train")
 
     champion_report, champion_skip = None, None
     backtest = champion is not None and date.fromisoformat(str(champion["partition_day"])) > day
@@ -235,6 +303,7 @@ def train_day(
     if champion_skip:
         log.info(f"champion gate: {champion_skip}")
 
+    clock.lap("gates")  # the champion's evaluation on the candidate's users (the champion gate's input)
     models_dir = artefacts.models
     eval_path, eval_sha = save_model(result.eval_model, models_dir)
     served_path, served_sha = save_model(result.served_model, models_dir)
@@ -250,6 +319,8 @@ def train_day(
         "history": history_manifest,  # the long purchase history's partitions (None: not read)
         "holdout_days": HOLDOUT_DAYS,
         "tuning_trace": result.tuning.trace,
+        "search": search,  # full search or warm start from the champion's choice (search_plan)
+        "sampling": result.sampling,  # evaluated and label users before/after the caps (cost bound at scale)
         "ranker": _ranker_manifest(result.served_model),
         "artefacts": {
             "eval": {"file": eval_path.name, "sha256": eval_sha, "bytes": eval_path.stat().st_size,
@@ -264,6 +335,7 @@ def train_day(
     plot_path = artefacts.reports / f"{manifest_sha}.png"
     atomic_write_bytes(plot_path, plot)
 
+    clock.lap("artefacts")
     served = load_model(served_path, served_sha)  # the gate judges the bytes that will be served
     gates = [
         promotion.beats_baseline(
@@ -286,6 +358,7 @@ def train_day(
         ),
     ]
     verdict, reason = promotion.decide(gates, backtest_of=champion["version"] if backtest else None)
+    clock.lap("gates")
     status = {promotion.PROMOTE: "candidate", promotion.SHADOW: "shadow", promotion.REJECT: "rejected",
               promotion.BACKTEST: "backtest"}[verdict]
     record = {
@@ -304,7 +377,8 @@ def train_day(
         registry_status = model_registry.version_row(reg, version)["status"]  # a re-run keeps a champion's/retired status
         if verdict == promotion.SHADOW:
             model_registry.designate_shadow(reg, artefacts.aliases, version, reason)
-    log.info(f"candidate v{version} ({day}): {verdict}; {reason}")
+    clock.lap("register")
+    log.info(f"candidate v{version} ({day}): {verdict}; {reason} ({clock.summary()})")
     return CandidateDay(
         day=day,
         version=version,
@@ -325,4 +399,22 @@ def train_day(
                       metadata={k: v for k, v in g.metadata.items() if v is not None})
             for g in gates
         ),
+        seconds=clock.seconds,
+        search=search,
     )
+
+
+class _Clock:
+    """Wall seconds (``time.perf_counter``) spent per named stage; a stage lapped twice adds up."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.seconds[stage] = round(self.seconds.get(stage, 0.0) + now - self._last, 3)
+        self._last = now
+
+    def summary(self) -> str:
+        return ", ".join(f"{k} {v:.1f} s" for k, v in self.seconds.items())

@@ -33,6 +33,7 @@ from factory_assets.ml.recsys.evaluation import (
     Tuning,
     build_eval_set,
     evaluate,
+    sample_users,
     evaluate_baselines,
     model_scores,
     temporal_split,
@@ -56,6 +57,8 @@ class CandidateResult:
     baselines: dict[str, RankingReport]
     references: dict[str, RankingReport]
     cold_start: RankingReport | None = None
+    # users evaluated / used as labels, before and after the caps (ModelParams.max_eval_users, max_label_users)
+    sampling: dict | None = None
 
     @cached_property
     def list_report(self) -> dict:
@@ -118,13 +121,19 @@ def train_candidate(window: pd.DataFrame, bounds: tuple[date, date], holdout_day
     split = temporal_split(window, bounds, holdout_days)
     if split.train.empty:
         raise ValueError(f"no interactions in the training days {split.train_days[0]}..{split.train_days[1]}")
-    eval_set = build_eval_set(split.train, split.test)
-    if len(eval_set.user_ids) == 0:
+    full_set = build_eval_set(split.train, split.test)
+    if len(full_set.user_ids) == 0:
         raise ValueError(
             f"no user converted both in {split.train_days[0]}..{split.train_days[1]} and in "
             f"{split.test_days[0]}..{split.test_days[1]}: nothing to evaluate"
         )
-    ranked = _train_ranker(window, bounds, split, holdout_days, params, history) if params.model_kind == "ranker" else None
+    eval_set = sample_users(full_set, params.max_eval_users)
+    sampling = {"eval_users": len(full_set.user_ids), "eval_users_sampled": len(eval_set.user_ids),
+                "max_eval_users": params.max_eval_users, "max_label_users": params.max_label_users,
+                "method": "the users with the smallest pandas.util.hash_array of their id"}
+    del full_set
+    ranked = (_train_ranker(window, bounds, split, holdout_days, params, history, sampling)
+              if params.model_kind == "ranker" else None)
     if ranked is not None:
         tuning, eval_model, served = ranked
     else:  # the blend (also the ranker's fallback when the train days hold no labelled slice)
@@ -150,6 +159,7 @@ def train_candidate(window: pd.DataFrame, bounds: tuple[date, date], holdout_day
         model_report=report,
         baselines=evaluate_baselines(split.train, eval_set),
         references=references,
+        sampling=sampling,
     )
 
 
@@ -170,9 +180,13 @@ def cold_start_report(split: TemporalSplit, eval_set: EvalSet, model: BlendModel
 RANKER_LABEL_OFFSETS = (0, 3, 6)  # label windows end this many days before the last training day
 
 
-def ranker_slices(train: pd.DataFrame, train_days: tuple[date, date], holdout_days: int, offsets=RANKER_LABEL_OFFSETS):
+def ranker_slices(train: pd.DataFrame, train_days: tuple[date, date], holdout_days: int, offsets=RANKER_LABEL_OFFSETS,
+                  max_label_users: int = 0, sampled: list | None = None):
     """Training slices for the ranker from the TRAIN rows only: for each offset, labels = conversions in the
-    ``holdout_days`` days ending ``offset`` days before the last training day, features = the days before them."""
+    ``holdout_days`` days ending ``offset`` days before the last training day, features = the days before them.
+
+    ``max_label_users`` > 0: at most that many label users per slice (``evaluation.sample_users``); ``sampled``,
+    when given, receives ``{"as_of", "label_users", "label_users_sampled"}`` per slice."""
     from factory_assets.ml.recsys.ranker import LabelSlice
 
     slices = []
@@ -185,17 +199,27 @@ def ranker_slices(train: pd.DataFrame, train_days: tuple[date, date], holdout_da
         inner_set = build_eval_set(inner.train, inner.test)
         if inner.train.empty or len(inner_set.user_ids) == 0:
             continue
+        n_label = len(inner_set.user_ids)
+        inner_set = sample_users(inner_set, max_label_users)
+        if sampled is not None:
+            sampled.append({"as_of": inner.train_days[1].isoformat(), "label_users": n_label,
+                            "label_users_sampled": len(inner_set.user_ids)})
         label_items = [{str(inner_set.catalogue[j]) for j in t} for t in inner_set.truth]
         slices.append(LabelSlice(inner.train, inner.train_days[1], inner_set.user_ids, label_items))
     return slices
 
 
-def _train_ranker(window, bounds, split: TemporalSplit, holdout_days: int, params: ModelParams, history=None):
+def _train_ranker(window, bounds, split: TemporalSplit, holdout_days: int, params: ModelParams, history=None,
+                  sampling: dict | None = None):
     """The learned ranker (``recsys.ranker``): search and fit on slices of the TRAIN days only; None when no
-    slice can be built (the caller then trains the blend)."""
+    slice can be built (the caller then trains the blend).  ``sampling`` receives the slices' label users."""
     from factory_assets.ml.recsys import ranker
 
-    slices = [replace(sl, history=history) for sl in ranker_slices(split.train, split.train_days, holdout_days)]
+    sampled: list[dict] = []
+    slices = [replace(sl, history=history) for sl in ranker_slices(
+        split.train, split.train_days, holdout_days, max_label_users=params.max_label_users, sampled=sampled)]
+    if sampling is not None:
+        sampling["label_slices"] = sampled
     if not slices:  # too few training days or no user converting in both parts: fall back to the blend
         return None
     fit = ranker.train_ranker(slices, params)

@@ -289,7 +289,9 @@ class ShopSimulator(EventSource):
 
         # Shift: which categories are boosted; Gumbel noise shared by pre- and post-shift favourites.
         self._boosted = np.sort(rng.permutation(n_c)[: n_c // 2]).astype(np.int64)
-        self._gumbel = rng.gumbel(size=(n_u, n_i))
+        # the (n_users, n_items) Gumbel draws are the generator's last: kept as its state and drawn again by blocks
+        # of users when needed (the same numbers, row-major), so memory does not grow with users x items
+        self._gumbel_state = rng.bit_generator.state
 
         width_u = len(str(max(n_u - 1, 0)))
         width_i = len(str(max(n_i - 1, 0)))
@@ -315,22 +317,28 @@ class ShopSimulator(EventSource):
         pref_cdf = np.cumsum(prefs, axis=1)
         pref_cdf[:, -1] = 1.0
         # Favourites: Gumbel-top-k = k draws without replacement proportional to pref[cat] * within.
-        with np.errstate(divide="ignore"):
-            score = np.log(prefs[:, self._item_cat] * self._within) + self._gumbel
         k = cfg.n_favourites
-        if k < cfg.n_items:
-            top = np.argpartition(-score, k - 1, axis=1)[:, :k]
-        else:
-            top = np.tile(np.arange(k), (cfg.n_users, 1))
-        top_scores = np.take_along_axis(score, top, axis=1)
-        favourites = np.take_along_axis(top, np.argsort(-top_scores, axis=1, kind="stable"), axis=1).astype(np.int64)
+        gumbel = np.random.default_rng()
+        gumbel.bit_generator.state = self._gumbel_state
+        favourites = np.empty((cfg.n_users, k), dtype=np.int64)
+        for lo, hi in self._user_blocks():
+            with np.errstate(divide="ignore"):
+                score = np.log(prefs[lo:hi, self._item_cat] * self._within) + gumbel.gumbel(size=(hi - lo, cfg.n_items))
+            if k < cfg.n_items:
+                top = np.argpartition(-score, k - 1, axis=1)[:, :k]
+            else:
+                top = np.tile(np.arange(k), (hi - lo, 1))
+            top_scores = np.take_along_axis(score, top, axis=1)
+            favourites[lo:hi] = np.take_along_axis(top, np.argsort(-top_scores, axis=1, kind="stable"), axis=1)
 
         logit0 = np.log(cfg.purchase_rate / (1.0 - cfg.purchase_rate))
         affinity_logit = logit0 + cfg.purchase_affinity * np.clip(np.log(cfg.n_categories * prefs), -3.0, 3.0)
         regime = _Regime(prefs, pref_cdf, favourites, affinity_logit, 0.0)
-        probs = self._item_probabilities(regime)
-        buy = self._purchase_probabilities(regime)
-        mean_buy = float(self._activity @ (probs * buy).sum(axis=1))
+        mean_buy = 0.0
+        for lo, hi in self._user_blocks():
+            probs = self._item_probabilities(regime, lo, hi)
+            buy = self._purchase_probabilities(regime, lo, hi)
+            mean_buy += float(self._activity[lo:hi] @ (probs * buy).sum(axis=1))
         regime = dataclasses.replace(regime, events_per_interaction=1.0 + cfg.cart_rate * (1.0 + mean_buy))
         self._regimes[post] = regime
         return regime
@@ -338,21 +346,28 @@ class ShopSimulator(EventSource):
     def _is_post(self, day: date) -> bool:
         return _as_date(day) >= self.config.shift_date
 
-    def _favourite_matrix(self, regime: _Regime) -> np.ndarray:
+    def _user_blocks(self, max_cells: int = 1 << 25) -> list[tuple[int, int]]:
+        """User ranges ``[lo, hi)`` whose ``(hi - lo, n_items)`` float64 blocks stay under ``max_cells`` cells
+        (256 MiB); one block when the whole matrix fits, as for the default shop."""
         n_u = self.config.n_users
-        mat = np.zeros((n_u, self.config.n_items), dtype=np.float64)
-        np.add.at(mat, (np.repeat(np.arange(n_u), self.config.n_favourites), regime.favourites.ravel()), 1.0)
+        step = max(1, min(n_u, max_cells // max(self.config.n_items, 1)))
+        return [(lo, min(lo + step, n_u)) for lo in range(0, n_u, step)]
+
+    def _favourite_matrix(self, regime: _Regime, lo: int = 0, hi: int | None = None) -> np.ndarray:
+        hi = self.config.n_users if hi is None else hi
+        mat = np.zeros((hi - lo, self.config.n_items), dtype=np.float64)
+        np.add.at(mat, (np.repeat(np.arange(hi - lo), self.config.n_favourites), regime.favourites[lo:hi].ravel()), 1.0)
         return mat
 
-    def _item_probabilities(self, regime: _Regime) -> np.ndarray:
+    def _item_probabilities(self, regime: _Regime, lo: int = 0, hi: int | None = None) -> np.ndarray:
         cfg = self.config
-        explore = regime.preferences[:, self._item_cat] * self._within
-        fav = self._favourite_matrix(regime) / cfg.n_favourites
+        explore = regime.preferences[lo:hi, self._item_cat] * self._within
+        fav = self._favourite_matrix(regime, lo, hi) / cfg.n_favourites
         return cfg.repeat_share * fav + (1.0 - cfg.repeat_share) * explore
 
-    def _purchase_probabilities(self, regime: _Regime) -> np.ndarray:
-        logit = regime.affinity_logit[:, self._item_cat]
-        logit = logit + self.config.favourite_purchase_boost * (self._favourite_matrix(regime) > 0)
+    def _purchase_probabilities(self, regime: _Regime, lo: int = 0, hi: int | None = None) -> np.ndarray:
+        logit = regime.affinity_logit[lo:hi, self._item_cat]
+        logit = logit + self.config.favourite_purchase_boost * (self._favourite_matrix(regime, lo, hi) > 0)
         return 1.0 / (1.0 + np.exp(-logit))
 
     # ------------------------------------------------------------------ public helpers

@@ -128,6 +128,8 @@ class CandidateConfig(Config):
     search_budget: int = Field(default=_DEFAULTS.search_budget, description="ranker: ALS configurations tried on the validation days")
     ranker_kind: str = Field(default=_DEFAULTS.ranker_kind, description='ranker: "linear" or "trees"')
     drift_reweighting: bool = Field(default=True, description="down-weight the days before the drift monitor's change point")
+    warm_start: bool = Field(default=True, description="ranker: re-use the champion's searched parameters unless drift, a "
+                             "code or parameter change, or a 7-day-old search asks for a full search (manifest: search)")
     regime_decay: float = Field(default=_DEFAULTS.regime_decay,
                                 description="drift re-weighting: days before the change point weigh decay ** (new days)")
     regime_floor: float = Field(default=_DEFAULTS.regime_floor, description="drift re-weighting: their smallest weight")
@@ -141,7 +143,7 @@ class CandidateConfig(Config):
         that is None too ``settings.history_days(source)``."""
         days = self.history_days if self.history_days is not None else (
             default_history_days if default_history_days is not None else settings.history_days(source))
-        return ModelParams(**self.model_dump(exclude={"drift_reweighting", "history_days"}), history_days=days)
+        return ModelParams(**self.model_dump(exclude={"drift_reweighting", "warm_start", "history_days"}), history_days=days)
 
 
 @asset(
@@ -175,7 +177,7 @@ def candidate_model(
         out = train_day(
             feature_store.connect, registry.connect, artefacts, partition_day(context), source,
             config.params(source, model_policy.resolved_history_days(source)), model_policy.promotion(),
-            drift_reweighting=config.drift_reweighting, log=context.log,
+            drift_reweighting=config.drift_reweighting, warm_start=config.warm_start, log=context.log,
         )
     except WindowMissing as exc:
         raise Failure(description=str(exc), allow_retries=False) from exc
@@ -204,5 +206,7 @@ def candidate_model(
             "evaluation_plot": MetadataValue.md(f"![NDCG@10 by activity segment]({_png_data_uri(out.plot)})"),
             "evaluation_plot_path": MetadataValue.path(str(out.plot_path)),
             "activity_segments": MetadataValue.json(out.evaluation["segments"]),
+            "stage_seconds": MetadataValue.json(out.seconds),
+            "search": MetadataValue.json(out.search),
         },
     )

@@ -86,6 +86,22 @@ def build_eval_set(train: pd.DataFrame, test: pd.DataFrame) -> EvalSet:
     return EvalSet(catalogue=catalogue, user_ids=user_ids, truth=truth)
 
 
+def sample_users(eval_set: EvalSet, max_users: int) -> EvalSet:
+    """At most ``max_users`` of the evaluated users (all of them when there are not more).
+
+    The users kept are those with the smallest 64-bit hash of their id (``pandas.util.hash_array``, fixed key):
+    a sample that is the same whatever the day, the window or the process, and independent of activity, so
+    metrics on it estimate the whole population's without bias.  Order and truth sets follow ``user_ids``.
+    """
+    n = len(eval_set.user_ids)
+    if max_users <= 0 or n <= max_users:
+        return eval_set
+    hashes = pd.util.hash_array(np.asarray(eval_set.user_ids, dtype=object))
+    keep = np.sort(np.argsort(hashes, kind="stable")[:max_users])
+    return EvalSet(catalogue=eval_set.catalogue, user_ids=eval_set.user_ids[keep],
+                   truth=[eval_set.truth[i] for i in keep])
+
+
 def model_scores(model: BlendModel, eval_set: EvalSet) -> np.ndarray:
     """The model's scores re-indexed to the eval catalogue ``(n_users, len(catalogue))``.
 

@@ -62,13 +62,23 @@ class ModelParams:
     use_gpu: bool = False  # implicit's CUDA ALS (settings.als_gpu, FACTORY_ALS_GPU); GPU factors differ from CPU ones
     # The ranker's long purchase history (recsys.candidates.long_history): days before each fit's as-of day, 0 = off.
     history_days: int = 0
+    # Bounded cost (evaluation.sample_users, a fixed hash sample): at most this many evaluated users, and label
+    # users per ranker training slice; 0 = all.  The sizes sampled are in the manifest's ``sampling``.
+    max_eval_users: int = 10_000
+    max_label_users: int = 5_000
 
     def as_dict(self) -> dict:
         out = asdict(self)
         out["als_weight_grid"] = list(self.als_weight_grid)
         if not self.history_days:  # added later: a model without it keeps the exact bytes (and manifest) it had
             del out["history_days"]
+        for name in ("max_eval_users", "max_label_users"):  # likewise, at their defaults
+            if out[name] == _DEFAULT_CAPS[name]:
+                del out[name]
         return out
+
+
+_DEFAULT_CAPS = {"max_eval_users": ModelParams.max_eval_users, "max_label_users": ModelParams.max_label_users}
 
 
 @dataclass(frozen=True)

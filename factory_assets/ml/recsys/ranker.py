@@ -281,32 +281,35 @@ def attach(model: BlendModel, sources: SourceArrays, linear: LinearRanker, param
 class _Examples:
     x: np.ndarray          # (n_rows, F) candidate features
     y: np.ndarray          # (n_rows,) labels
-    group: np.ndarray      # (n_rows,) index of the user in ``users``
-    dense: list            # per user: (features (m, F), mask (m,)) for ranking the whole catalogue
+    group: np.ndarray      # (n_rows,) index of the user in ``users`` (ascending: a user's rows are contiguous)
+    col: np.ndarray        # (n_rows,) the candidate's item column (ascending within a user)
     truth: list[set[int]]  # per user: converted columns in the label rows
 
 
 def build_examples(model: BlendModel, sources: SourceArrays, label_users: np.ndarray, truth: list[set[int]],
-                   n_candidates: int, keep_dense: bool = True) -> _Examples:
-    """Training rows: candidates of ``label_users`` (known to ``model``) with labels from ``truth`` (column sets)."""
+                   n_candidates: int) -> _Examples:
+    """Training rows: candidates of ``label_users`` (known to ``model``) with labels from ``truth`` (column sets).
+
+    Only the candidates' rows are kept (``x[mask]``, their columns in ``col``): memory follows the candidates,
+    not users x catalogue."""
     rows = model.user_rows(label_users)
-    xs, ys, groups, dense = [], [], [], []
+    xs, ys, groups, cols = [], [], [], []
     for start in range(0, len(rows), BATCH):
         r = rows[start:start + BATCH]
         x, mask = features(model, sources, r, n_candidates)
+        u_idx, c_idx = np.nonzero(mask)  # row-major: users ascending, columns ascending within a user
+        label = np.zeros(mask.shape, dtype=np.int8)
         for j in range(len(r)):
-            u = start + j
-            label = np.zeros(len(model.item_ids), dtype=np.int8)
-            label[list(truth[u])] = 1
-            xs.append(x[j][mask[j]])
-            ys.append(label[mask[j]])
-            groups.append(np.full(int(mask[j].sum()), u, dtype=np.int64))
-            if keep_dense:
-                dense.append((x[j], mask[j]))
+            label[j, list(truth[start + j])] = 1
+        xs.append(x[u_idx, c_idx])
+        ys.append(label[u_idx, c_idx])
+        groups.append(u_idx.astype(np.int64) + start)
+        cols.append(c_idx.astype(np.int64))
     if not xs:
         f = len(FEATURES)
-        return _Examples(np.zeros((0, f), np.float32), np.zeros(0, np.int8), np.zeros(0, np.int64), [], truth)
-    return _Examples(np.concatenate(xs), np.concatenate(ys), np.concatenate(groups), dense, truth)
+        return _Examples(np.zeros((0, f), np.float32), np.zeros(0, np.int8), np.zeros(0, np.int64),
+                         np.zeros(0, np.int64), truth)
+    return _Examples(np.concatenate(xs), np.concatenate(ys), np.concatenate(groups), np.concatenate(cols), truth)
 
 
 def fit_linear(x: np.ndarray, y: np.ndarray, c: float, seed: int, weight: np.ndarray | None = None) -> LinearRanker:
@@ -326,15 +329,20 @@ def fit_linear(x: np.ndarray, y: np.ndarray, c: float, seed: int, weight: np.nda
 
 
 def _ndcg(linear: LinearRanker, ex: _Examples, users: np.ndarray, n_items: int) -> float:
+    """NDCG@10 of ``users`` ranking the whole catalogue: candidates by the ranker's logit, the other items at
+    ``-NON_CANDIDATE_PENALTY`` (as :func:`ranker_scores`, without the popularity order among those)."""
     if len(users) == 0:
         return 0.0
-    scores = np.empty((len(users), n_items))
-    for k, u in enumerate(users):
-        x, mask = ex.dense[u]
-        row = np.full(n_items, -NON_CANDIDATE_PENALTY)
-        row[mask] = linear.logit(x[mask])
-        scores[k] = row
-    return ranking_metrics(top_k(scores, 10), [ex.truth[u] for u in users], n_items, 10).ndcg
+    users = np.asarray(users, dtype=np.int64)
+    bounds = np.searchsorted(ex.group, np.stack([users, users + 1]))
+    tops = []
+    for start in range(0, len(users), BATCH):
+        lo, hi = bounds[0, start:start + BATCH], bounds[1, start:start + BATCH]
+        take = np.concatenate([np.arange(a, b) for a, b in zip(lo, hi)]) if len(lo) else np.zeros(0, np.int64)
+        scores = np.full((len(lo), n_items), -NON_CANDIDATE_PENALTY)
+        scores[np.repeat(np.arange(len(lo)), hi - lo), ex.col[take]] = linear.logit(ex.x[take])
+        tops.append(top_k(scores, 10))
+    return ranking_metrics(np.concatenate(tops), [ex.truth[u] for u in users], n_items, 10).ndcg
 
 
 @dataclass(frozen=True)
@@ -396,7 +404,7 @@ def train_ranker(slices: list[LabelSlice], params: ModelParams) -> RankerFit:
             model, sources = fit_base(sl.rows, sl.as_of, p, sl.history)
             col = {item: j for j, item in enumerate(model.item_ids.tolist())}
             truth = [{col[i] for i in items if i in col} for items in sl.label_items]
-            ex = build_examples(model, sources, sl.label_users, truth, p.n_candidates, keep_dense=search)
+            ex = build_examples(model, sources, sl.label_users, truth, p.n_candidates)
             a_users = np.array([u in in_half_a for u in np.asarray(sl.label_users, dtype=str).tolist()], dtype=bool)
             parts.append((ex, a_users, len(model.item_ids)))
         x = np.concatenate([ex.x for ex, _, _ in parts])

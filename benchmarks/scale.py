@@ -1,0 +1,220 @@
+"""Scale: one daily cycle at growing volume (events/day, and users and items with it).
+
+    python benchmarks/scale.py [--json OUT] [--plot PNG] [--sizes 100000,1000000,3000000,10000000]
+                               [--model default|fixed] [--gpu] [--timeout 3600]
+
+For each size: a FACTORY_HOME with 28 days of simulated history (the window) and a champion trained on its last
+day (prepared once through the library's writers and cached in ``$FACTORY_BENCH_CACHE``, see
+``_common.prepared_home``), copied, then the next day's cycle through Dagster in a fresh process, exactly what
+``factory run`` does for one day: ``daily_ingest`` (the simulator's day, validation, ``raw_events`` and the
+feature views) and ``daily_training`` (window, candidate with its blocking gates, served model).  Wall time is
+the two jobs' (instance start-up and imports excluded); peak RSS is the worker process's ``ru_maxrss``.
+
+Shop at ``E`` events/day (the simulator's default is 3,000 users x 800 items at 20,000 events/day; the density
+per user is kept, the catalogue grows with the square root): ``n_users = 0.15 E``, ``n_items = 800 sqrt(E /
+20,000)``.  ``--model default`` trains the candidate with the code's defaults (the learned ranker and its
+search: what a user gets); ``--model fixed`` with the search off (``_common.FIXED_CANDIDATE``).
+
+Stages (seconds, from the run's step stats and ``candidate_model``'s ``stage_seconds`` metadata):
+``ingest_s`` = ``raw_events``; ``features_s`` = the feature views and ``behaviour_drift``; ``candidate_s`` =
+``training_window`` + ``candidate_model`` less its gates; ``gates_s`` = the champion's evaluation and the three
+gates inside ``candidate_model``; ``promotion_s`` = ``served_model`` and its check, plus ``shadow_evaluation``.
+
+``--gpu``: also fit the last size's window with implicit's ALS on the CPU and, when ``implicit.gpu.HAS_CUDA``,
+on CUDA (same matrix, factors and iterations), recording both times and their ratio; without a GPU it records
+why not.  ``cluster`` is null: no distributed run is measured by this script yet.
+
+Targets (2 cores): 1M events/day with the default model in <= 60 s; 10M completes with peak RSS <= 8 GiB;
+``wall_s`` at 10M <= 10 x at 1M.  Not part of the test suite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as c  # noqa: E402
+
+DEFAULT_SIZES = (100_000, 1_000_000, 3_000_000, 10_000_000)
+WINDOW = 28
+TARGET_1M_S = 60.0
+TARGET_10M_RSS_MIB = 8 * 1024
+FEATURE_STEPS = ("user_item_daily", "item_daily", "user_features", "item_features", "online_features", "behaviour_drift")
+PROMOTION_STEPS = ("served_model", "served_model_champion_verified", "shadow_evaluation")
+
+
+def scaled_shop(events_per_day: int) -> dict:
+    """Simulator options at ``events_per_day``: users and items grow with it (module docstring)."""
+    return c.shop(events_per_day, n_users=max(3000, round(0.15 * events_per_day)),
+                  n_items=max(800, round(800 * math.sqrt(events_per_day / 20_000))))
+
+
+def stages(detail: dict) -> dict:
+    """The issue's stage split of one measured cycle (``_common.dagster_cycle``'s detail)."""
+    steps = {**detail["daily_ingest"]["steps"], **detail["daily_training"]["steps"]}
+    cand = detail["daily_training"].get("candidate_stages") or {}
+    gates = float(cand.get("gates", 0.0))
+    return {
+        "ingest_s": round(steps.get("raw_events", 0.0), 2),
+        "features_s": round(sum(steps.get(s, 0.0) for s in FEATURE_STEPS), 2),
+        "candidate_s": round(steps.get("training_window", 0.0) + steps.get("candidate_model", 0.0) - gates, 2),
+        "gates_s": round(gates, 2),
+        "promotion_s": round(sum(steps.get(s, 0.0) for s in PROMOTION_STEPS), 2),
+    }
+
+
+def measure(events: int, cache: Path, candidate: dict, timeout: float) -> dict:
+    shop = scaled_shop(events)
+    days = [c.FIRST_DAY + timedelta(days=i) for i in range(WINDOW)]
+    t = time.perf_counter()
+    home, info = c.prepared_home(cache, shop, days, days[-1], candidate)
+    prep_s = time.perf_counter() - t
+    work = c.copy_home(home, cache / f"work_scale_{events}")
+    r = c.measure_cycle_subprocess("in_process", work, shop, days[-1] + timedelta(days=1), candidate, timeout=timeout)
+    row = {
+        "events_per_day": events,
+        "n_users": shop["n_users"],
+        "n_items": shop["n_items"],
+        "wall_s": round(r["seconds"], 2),
+        "peak_rss_mib": round(r["rss"]["self_mib"], 1),
+        "stages": stages(r["detail"]),
+        "success": r["success"],
+        "steps": {job: d["steps"] for job, d in r["detail"].items()},
+        "candidate_stages": r["detail"]["daily_training"].get("candidate_stages"),
+        "history": info.get("history"),
+        "champion": info.get("champion"),
+        "prepare_s": round(prep_s, 1),
+    }
+    return row
+
+
+def gpu_ratio(events: int, cache: Path) -> dict:
+    """CPU vs CUDA ALS on the window of the prepared ``events`` home (same matrix and parameters)."""
+    try:
+        import implicit.gpu
+
+        has_cuda = bool(implicit.gpu.HAS_CUDA)
+    except ImportError as exc:  # pragma: no cover - implicit is a dependency
+        return {"available": False, "reason": str(exc)}
+    if not has_cuda:
+        return {"available": False, "reason": "implicit.gpu.HAS_CUDA is False (no CUDA build of implicit or no GPU)"}
+    from implicit.als import AlternatingLeastSquares
+
+    import numpy as np
+
+    from factory_assets.feature_store import store
+    from factory_assets.ml.recsys.matrix import Interactions
+    from factory_assets.ml.recsys.model import ModelParams, recency_decay
+
+    import duckdb
+
+    shop = scaled_shop(events)
+    days = [c.FIRST_DAY + timedelta(days=i) for i in range(WINDOW)]
+    home, _ = c.prepared_home(cache, shop, days, None, {})
+    con = duckdb.connect(str(home / "simulator" / "warehouse.duckdb"), read_only=True)
+    frame = store.read_window(con, days[0], days[-1])
+    con.close()
+    params = ModelParams()
+    # the ALS confidence matrix of recsys.model.fit_model (no drift re-weighting)
+    frame["confidence"] = np.log1p(frame["weight"].to_numpy(np.float64) * recency_decay(frame["day"], days[-1],
+                                                                                         params.half_life_days))
+    matrix = Interactions.from_frame(frame, "confidence").matrix
+    out = {"available": True, "events_per_day": events, "shape": list(matrix.shape), "nnz": int(matrix.nnz)}
+    for kind, gpu in (("cpu", False), ("gpu", True)):
+        model = AlternatingLeastSquares(factors=params.factors, regularization=params.regularization, alpha=params.alpha,
+                                        iterations=params.iterations, random_state=params.seed, use_gpu=gpu)
+        t = time.perf_counter()
+        model.fit(matrix, show_progress=False)
+        out[f"{kind}_s"] = round(time.perf_counter() - t, 3)
+    out["speedup"] = round(out["cpu_s"] / out["gpu_s"], 2)
+    return out
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    done = [r for r in rows if r.get("success")]
+    fig = Figure(figsize=(9, 3.6))
+    FigureCanvasAgg(fig)
+    ax1, ax2 = fig.subplots(1, 2)
+    x = [r["events_per_day"] for r in done]
+    bottom = [0.0] * len(done)
+    for stage in ("ingest_s", "features_s", "candidate_s", "gates_s", "promotion_s"):
+        h = [r["stages"][stage] for r in done]
+        ax1.bar(range(len(done)), h, bottom=bottom, label=stage[:-2])
+        bottom = [b + v for b, v in zip(bottom, h)]
+    ax1.set_xticks(range(len(done)), [f"{v / 1e6:g}M" for v in x])
+    ax1.set_xlabel("events/day")
+    ax1.set_ylabel("daily cycle, wall seconds")
+    ax1.legend(fontsize=7)
+    ax2.plot(x, [r["peak_rss_mib"] / 1024 for r in done], marker="o")
+    ax2.axhline(TARGET_10M_RSS_MIB / 1024, color="grey", linestyle="--", linewidth=0.8)
+    ax2.set_xscale("log")
+    ax2.set_xlabel("events/day")
+    ax2.set_ylabel("peak RSS, GiB")
+    fig.suptitle("One daily cycle on 2 cores (benchmarks/scale.py)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    print(f"wrote {path}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--json")
+    p.add_argument("--plot", help="write the cost plot (PNG) here")
+    p.add_argument("--sizes", default=",".join(str(s) for s in DEFAULT_SIZES), help="events/day, comma separated")
+    p.add_argument("--model", choices=("default", "fixed"), default="default")
+    p.add_argument("--gpu", action="store_true", help="also time ALS on CUDA vs CPU on the largest size's window")
+    p.add_argument("--timeout", type=float, default=3600, help="seconds one measured cycle may take")
+    args = p.parse_args(argv)
+    sizes = [int(float(s)) for s in args.sizes.split(",") if s.strip()]
+    candidate = {} if args.model == "default" else dict(c.FIXED_CANDIDATE)
+    cache = c.default_cache()
+    machine = c.machine_info()
+    rows = []
+    for events in sizes:
+        try:
+            rows.append(measure(events, cache, candidate, args.timeout))
+        except Exception as exc:  # a size that does not fit is a result, not the end of the run
+            rows.append({"events_per_day": events, "success": False, "error": f"{type(exc).__name__}: {exc}"[:500]})
+        r = rows[-1]
+        print(f"{events:>10} events/day: " + (f"{r['wall_s']:.1f} s, peak RSS {r['peak_rss_mib']:.0f} MiB, {r['stages']}"
+                                              if r.get("success") else f"FAILED {r.get('error', '')}"), flush=True)
+    by = {r["events_per_day"]: r for r in rows if r.get("success")}
+    targets = {}
+    if 1_000_000 in by:
+        targets["cycle_1m_s"] = {"figure": by[1_000_000]["wall_s"], "target": TARGET_1M_S,
+                                 "pass": by[1_000_000]["wall_s"] <= TARGET_1M_S}
+    if 10_000_000 in by:
+        targets["rss_10m_mib"] = {"figure": by[10_000_000]["peak_rss_mib"], "target": TARGET_10M_RSS_MIB,
+                                  "pass": by[10_000_000]["peak_rss_mib"] <= TARGET_10M_RSS_MIB}
+        if 1_000_000 in by:
+            ratio = by[10_000_000]["wall_s"] / by[1_000_000]["wall_s"]
+            targets["wall_10m_over_1m"] = {"figure": round(ratio, 2), "target": 10.0, "pass": ratio <= 10.0}
+    elif 10_000_000 in sizes:
+        targets["rss_10m_mib"] = {"figure": None, "target": TARGET_10M_RSS_MIB, "pass": False}
+    c.print_table([{"events/day": r["events_per_day"], "users": r.get("n_users"), "items": r.get("n_items"),
+                    "wall_s": r.get("wall_s"), "peak_rss_mib": r.get("peak_rss_mib"),
+                    **(r.get("stages") or {}), "ok": r.get("success")} for r in rows],
+                  f"daily cycle, model={args.model}")
+    for name, t in targets.items():
+        print(f"target {name}: {t['figure']} vs {t['target']}: {'pass' if t['pass'] else 'MISS'}")
+    payload = {"sizes": rows, "cluster": None, "targets": targets, "model": args.model,
+               "candidate": candidate, "machine": machine}
+    if args.gpu:
+        payload["gpu"] = gpu_ratio(max(by) if by else sizes[-1], cache)
+        print(f"gpu: {payload['gpu']}")
+    if args.plot:
+        plot(rows, Path(args.plot))
+    c.write_json(args.json, payload)
+    return 0 if all(r.get("success") for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

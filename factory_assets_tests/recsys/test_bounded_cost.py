@@ -1,0 +1,127 @@
+"""Cost bounds of a candidate at scale: the hash sample of users, candidate-only training rows, and the warm start
+of the ranker's search from the champion (issue "Scale")."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import date
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from factory_assets.ml.candidate_day import FULL_SEARCH_EVERY_DAYS, MODEL_CODE_VERSION, search_plan
+from factory_assets.ml.recsys import ranker
+from factory_assets.ml.recsys.evaluation import EvalSet, sample_users
+from factory_assets.ml.recsys.metrics import ranking_metrics, top_k
+from factory_assets.ml.recsys.model import ModelParams
+from factory_assets.ml.training import ranker_slices, train_candidate
+from factory_assets_tests.recsys.test_ranker import SMALL, day, synthetic
+
+
+# --- the users' sample ------------------------------------------------------------------------------------------
+def eval_set(n: int) -> EvalSet:
+    users = np.array(sorted(f"user-{i:05d}" for i in range(n)), dtype=str)
+    return EvalSet(catalogue=np.array(["a", "b"]), user_ids=users, truth=[{i % 2} for i in range(n)])
+
+
+def test_the_sample_keeps_everyone_under_the_cap_and_the_smallest_hashes_over_it():
+    small = eval_set(50)
+    assert sample_users(small, 50) is small and sample_users(small, 0) is small
+    full = eval_set(1000)
+    got = sample_users(full, 100)
+    # by a second method: hash each id on its own and take the 100 smallest
+    hashes = {u: int(pd.util.hash_array(np.array([u], dtype=object))[0]) for u in full.user_ids.tolist()}
+    expected = sorted(sorted(hashes, key=hashes.get)[:100])
+    assert got.user_ids.tolist() == expected
+    assert [got.truth[k] for k in range(100)] == [{int(u[-5:]) % 2} for u in expected]  # truth follows its user
+    # the same users whatever else is in the population: a user's inclusion depends on its own id only
+    wider = sample_users(eval_set(2000), 200)
+    assert set(got.user_ids) <= set(wider.user_ids)
+
+
+def test_label_slices_are_capped_and_the_sizes_recorded():
+    window = synthetic(n_users=60)
+    sampled: list = []
+    slices = ranker_slices(window, (day(0), day(20)), 7, max_label_users=10, sampled=sampled)
+    assert slices and len(sampled) == len(slices)
+    for sl, rec in zip(slices, sampled):
+        assert len(sl.label_users) == rec["label_users_sampled"] == min(10, rec["label_users"])
+        assert rec["label_users"] > 10  # the cap did bind in this case
+
+
+def test_the_caps_are_recorded_and_do_not_change_a_model_under_them():
+    window = synthetic()
+    base = train_candidate(window, (day(0), day(27)), 7, SMALL)
+    assert base.sampling["eval_users"] == base.sampling["eval_users_sampled"] == len(base.eval_set.user_ids)
+    capped = train_candidate(window, (day(0), day(27)), 7, replace(SMALL, max_eval_users=5))
+    assert len(capped.eval_set.user_ids) == capped.sampling["eval_users_sampled"] == 5
+    assert capped.sampling["eval_users"] == len(base.eval_set.user_ids)
+    assert capped.model_report.n_users == 5
+    # the defaults are not written into params: a model under the caps keeps the bytes it had before them
+    assert "max_eval_users" not in SMALL.as_dict() and replace(SMALL, max_eval_users=7).as_dict()["max_eval_users"] == 7
+
+
+# --- the search's validation without the dense matrices -----------------------------------------------------------
+def test_validation_ndcg_from_candidate_rows_equals_the_dense_ranking():
+    window = synthetic()
+    (sl, *_) = ranker_slices(window, (day(0), day(27)), 7)
+    model, sources = ranker.fit_base(sl.rows, sl.as_of, SMALL)
+    col = {item: j for j, item in enumerate(model.item_ids.tolist())}
+    truth = [{col[i] for i in items if i in col} for items in sl.label_items]
+    ex = ranker.build_examples(model, sources, sl.label_users, truth, SMALL.n_candidates)
+    linear = ranker.fit_linear(ex.x, ex.y, 1.0, 0)
+    users = np.arange(0, len(sl.label_users), 2)
+    # reference: the whole catalogue's features per user, non-candidates at -penalty, ranked densely
+    x, mask = ranker.features(model, sources, model.user_rows(sl.label_users), SMALL.n_candidates)
+    dense = np.full(mask.shape, -ranker.NON_CANDIDATE_PENALTY)
+    dense[mask] = linear.logit(x[mask])
+    expected = ranking_metrics(top_k(dense[users], 10), [truth[u] for u in users], len(model.item_ids), 10).ndcg
+    assert ranker._ndcg(linear, ex, users, len(model.item_ids)) == pytest.approx(expected, abs=1e-12)
+    assert len(ex.x) == int(mask.sum())  # only candidates are kept
+    assert np.array_equal(ex.col, np.nonzero(mask)[1])
+
+
+# --- warm start or full search -------------------------------------------------------------------------------
+SEARCHING = ModelParams()  # the defaults: ranker, search on
+DAY = date(2024, 11, 20)
+
+
+def champion(searched_on: str = "2024-11-18", mode: str = "full", **params) -> dict:
+    chosen = {"factors": 32, "regularization": 0.1, "alpha": 5.0, "iterations": 15, "ranker_c": 1.0}
+    return {"code_version": MODEL_CODE_VERSION, "search": {"mode": mode, "searched_on": searched_on},
+            "params": {**SEARCHING.as_dict(), **chosen, "search_budget": 0, **params}}
+
+
+def test_a_warm_start_takes_the_champions_choice_and_searches_nothing():
+    params, search = search_plan(SEARCHING, DAY, champion(), champion_version=4)
+    assert search == {"mode": "warm_start", "searched_on": "2024-11-18", "from_version": 4,
+                      "reason": "the parameters of champion v4, searched on 2024-11-18"}
+    assert (params.factors, params.regularization, params.alpha, params.ranker_c, params.search_budget) == (32, 0.1, 5.0, 1.0, 0)
+    # a chain of warm starts keeps the day of the full search it came from
+    assert search_plan(SEARCHING, DAY, champion(mode="warm_start"), 5)[1]["searched_on"] == "2024-11-18"
+
+
+@pytest.mark.parametrize("case, expected", [
+    ({"manifest": None}, "no champion"),
+    ({"params": replace(SEARCHING, regime_start="2024-11-11")}, "behaviour drift since 2024-11-11"),
+    ({"manifest": {**champion(), "code_version": "1"}}, "model code version 1 -> "),
+    ({"tainted": True}, "trained on data since erased"),
+    ({"manifest": champion(model_kind="blend")}, "records no ranker search"),
+    ({"manifest": champion(n_candidates=20)}, "parameters changed since the champion: n_candidates"),
+    ({"manifest": champion(searched_on="2024-11-21")}, "backtest"),
+    ({"manifest": champion(searched_on=(DAY.replace(day=DAY.day - FULL_SEARCH_EVERY_DAYS)).isoformat())}, "days old"),
+    ({"warm": False}, "warm start off"),
+])
+def test_a_full_search_when_something_asks_for_it(case, expected):
+    params_in = case.get("params", SEARCHING)
+    params, search = search_plan(params_in, DAY, case.get("manifest", champion()), 4, case.get("tainted", False),
+                                 case.get("warm", True))
+    assert search["mode"] == "full" and expected in search["reason"] and search["searched_on"] == DAY.isoformat()
+    assert params == params_in
+
+
+def test_fixed_parameters_are_never_replaced():
+    fixed = replace(SEARCHING, ranker_c=0.1)
+    assert search_plan(fixed, DAY, champion(), 4) == (fixed, {"mode": "fixed", "searched_on": None, "from_version": None,
+                                                              "reason": "the parameters are fixed by the run config (no search)"})
