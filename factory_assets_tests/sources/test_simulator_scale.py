@@ -34,3 +34,14 @@ def test_a_large_shop_keeps_no_users_by_items_matrix():
     assert big == []
     assert len(sim.generate_day(DAYS[0])) > 0
     assert sim.favourites(DAYS[0]).shape == (60_000, sim.config.n_favourites)
+
+
+@pytest.mark.parametrize("options", [{}, {"n_users": 400, "n_items": 3000, "seed": 9, "n_favourites": 12}])
+def test_the_purchase_rate_per_interaction_equals_the_dense_sum(options):
+    sim = ShopSimulator(**options)
+    for post in (False, True):
+        regime = sim._regime(post)
+        # second method: the public (n_users, n_items) matrices, multiplied and summed over items
+        day = DAYS[1] if post else DAYS[0]
+        dense = (sim.item_probabilities(day) * sim.purchase_probabilities(day)).sum(axis=1)
+        assert np.allclose(sim._buy_per_interaction(regime), dense, rtol=1e-12, atol=0)

@@ -334,17 +334,34 @@ class ShopSimulator(EventSource):
         logit0 = np.log(cfg.purchase_rate / (1.0 - cfg.purchase_rate))
         affinity_logit = logit0 + cfg.purchase_affinity * np.clip(np.log(cfg.n_categories * prefs), -3.0, 3.0)
         regime = _Regime(prefs, pref_cdf, favourites, affinity_logit, 0.0)
-        mean_buy = 0.0
-        for lo, hi in self._user_blocks():
-            probs = self._item_probabilities(regime, lo, hi)
-            buy = self._purchase_probabilities(regime, lo, hi)
-            mean_buy += float(self._activity[lo:hi] @ (probs * buy).sum(axis=1))
+        mean_buy = float(self._activity @ self._buy_per_interaction(regime))
         regime = dataclasses.replace(regime, events_per_interaction=1.0 + cfg.cart_rate * (1.0 + mean_buy))
         self._regimes[post] = regime
         return regime
 
     def _is_post(self, day: date) -> bool:
         return _as_date(day) >= self.config.shift_date
+
+    def _buy_per_interaction(self, regime: _Regime) -> np.ndarray:
+        """Each user's purchase probability per interaction, ``sum_i item_probabilities[u, i] *
+        purchase_probabilities[u, i]`` (float64 ``(n_users,)``), in O(users x (categories + favourites)).
+
+        Off the favourites the purchase probability depends on the category only, and ``P(item | category)`` sums
+        to 1 in each category, so: ``(1 - r) sum_c pref[u, c] s(a[u, c]) - (1 - r) sum_f pref[u, c_f] w_f
+        s(a[u, c_f]) + sum_f (r / k + (1 - r) pref[u, c_f] w_f) s(a[u, c_f] + boost)`` with ``r`` = repeat_share,
+        ``k`` favourites ``f`` of category ``c_f`` and within-category probability ``w_f``, ``s`` the sigmoid.
+        """
+        cfg = self.config
+        sig = lambda x: 1.0 / (1.0 + np.exp(-x))  # noqa: E731
+        r, k = cfg.repeat_share, cfg.n_favourites
+        rows = np.arange(cfg.n_users)[:, None]
+        fav_cat = self._item_cat[regime.favourites]
+        fav_explore = regime.preferences[rows, fav_cat] * self._within[regime.favourites]
+        fav_logit = regime.affinity_logit[rows, fav_cat]
+        off = (1.0 - r) * ((regime.preferences * sig(regime.affinity_logit)).sum(axis=1)
+                           - (fav_explore * sig(fav_logit)).sum(axis=1))
+        on = ((r / k + (1.0 - r) * fav_explore) * sig(fav_logit + cfg.favourite_purchase_boost)).sum(axis=1)
+        return off + on
 
     def _user_blocks(self, max_cells: int = 1 << 25) -> list[tuple[int, int]]:
         """User ranges ``[lo, hi)`` whose ``(hi - lo, n_items)`` float64 blocks stay under ``max_cells`` cells

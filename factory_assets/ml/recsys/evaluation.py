@@ -76,14 +76,20 @@ class EvalSet:
 def build_eval_set(train: pd.DataFrame, test: pd.DataFrame) -> EvalSet:
     """The evaluated users and their truth sets, per the module's protocol."""
     catalogue = np.sort(train["item_id"].astype(str).unique()).astype(str)
-    buyers_train = set(train.loc[train["n_conversions"] > 0, "user_id"].astype(str))
+    buyers_train = train.loc[train["n_conversions"] > 0, "user_id"].astype(str).unique()
     bought = test[(test["n_conversions"] > 0) & test["user_id"].astype(str).isin(buyers_train)]
-    bought = bought[bought["item_id"].astype(str).isin(set(catalogue))]
-    grouped = bought.groupby(bought["user_id"].astype(str))["item_id"].agg(lambda s: set(s.astype(str)))
-    user_ids = np.sort(grouped.index.to_numpy(dtype=str)).astype(str)
-    positions = {item: i for i, item in enumerate(catalogue)}
-    truth = [{positions[i] for i in grouped[u]} for u in user_ids]
-    return EvalSet(catalogue=catalogue, user_ids=user_ids, truth=truth)
+    users = bought["user_id"].astype(str).to_numpy(dtype=str)
+    items = bought["item_id"].astype(str).to_numpy(dtype=str)
+    col = np.searchsorted(catalogue, items)
+    known = (col < len(catalogue)) & (catalogue[np.minimum(col, len(catalogue) - 1)] == items) if len(catalogue) else \
+        np.zeros(len(items), dtype=bool)
+    # (user, column) pairs, sorted by user then column: each user's truth set from one split, no per-row Python
+    user_ids, u_codes = np.unique(users[known], return_inverse=True)
+    pairs = np.unique(np.stack([u_codes.astype(np.int64), col[known].astype(np.int64)]), axis=1)
+    starts = np.searchsorted(pairs[0], np.arange(len(user_ids) + 1))
+    columns = pairs[1].tolist()
+    truth = [set(columns[starts[k]:starts[k + 1]]) for k in range(len(user_ids))]
+    return EvalSet(catalogue=catalogue, user_ids=user_ids.astype(str), truth=truth)
 
 
 def sample_users(eval_set: EvalSet, max_users: int) -> EvalSet:
