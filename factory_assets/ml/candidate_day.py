@@ -180,7 +180,8 @@ def search_plan(params: ModelParams, day: date, champion_manifest: dict | None, 
 
     A ranker whose search is on (``ranker_c`` None, ``search_budget`` > 0) re-uses the champion's chosen
     :data:`SEARCHED` parameters (no search: ``search_budget`` 0, ``ranker_c`` fixed) unless a full search is
-    asked for: no champion (or not a ranker), behaviour drift in the window (``params.regime_start``), another
+    asked for: no champion (or not a ranker), a drift change point (``params.regime_start``) other than the one
+    the champion was trained with, another
     model code version, other non-searched parameters, a champion trained on data since erased, a search made
     after ``day`` (a backtest), a chain of warm starts whose last full search is :data:`FULL_SEARCH_EVERY_DAYS`
     days or more before ``day``, or ``warm_start`` False.
@@ -199,8 +200,9 @@ def search_plan(params: ModelParams, day: date, champion_manifest: dict | None, 
         reason = "warm start off"
     elif champion_manifest is None:
         reason = "no champion to start from"
-    elif params.regime_start is not None:
-        reason = f"behaviour drift since {params.regime_start}"
+    elif params.regime_start != cp.get("regime_start"):  # a change point the champion's search did not see
+        reason = (f"behaviour drift since {params.regime_start} (the champion's: {cp.get('regime_start') or 'none'})"
+                  if params.regime_start else f"the champion's drift regime ({cp.get('regime_start')}) left the window")
     elif champion_manifest.get("code_version") != MODEL_CODE_VERSION:
         reason = f"model code version {champion_manifest.get('code_version')} -> {MODEL_CODE_VERSION}"
     elif champion_tainted:

@@ -104,7 +104,10 @@ def test_a_warm_start_takes_the_champions_choice_and_searches_nothing():
 
 @pytest.mark.parametrize("case, expected", [
     ({"manifest": None}, "no champion"),
-    ({"params": replace(SEARCHING, regime_start="2024-11-11")}, "behaviour drift since 2024-11-11"),
+    ({"params": replace(SEARCHING, regime_start="2024-11-11")}, "behaviour drift since 2024-11-11 (the champion's: none)"),
+    ({"manifest": champion(regime_start="2024-11-11")}, "drift regime (2024-11-11) left the window"),
+    ({"params": replace(SEARCHING, regime_start="2024-11-15"), "manifest": champion(regime_start="2024-11-11")},
+     "behaviour drift since 2024-11-15 (the champion's: 2024-11-11)"),
     ({"manifest": {**champion(), "code_version": "1"}}, "model code version 1 -> "),
     ({"tainted": True}, "trained on data since erased"),
     ({"manifest": champion(model_kind="blend")}, "records no ranker search"),
@@ -119,6 +122,12 @@ def test_a_full_search_when_something_asks_for_it(case, expected):
                                  case.get("warm", True))
     assert search["mode"] == "full" and expected in search["reason"] and search["searched_on"] == DAY.isoformat()
     assert params == params_in
+
+
+def test_the_same_drift_regime_as_the_champions_warm_starts():
+    drifting = replace(SEARCHING, regime_start="2024-11-11")
+    params, search = search_plan(drifting, DAY, champion(regime_start="2024-11-11"), 4)
+    assert search["mode"] == "warm_start" and params.regime_start == "2024-11-11" and params.search_budget == 0
 
 
 def test_fixed_parameters_are_never_replaced():
