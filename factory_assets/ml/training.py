@@ -185,8 +185,10 @@ def ranker_slices(train: pd.DataFrame, train_days: tuple[date, date], holdout_da
     """Training slices for the ranker from the TRAIN rows only: for each offset, labels = conversions in the
     ``holdout_days`` days ending ``offset`` days before the last training day, features = the days before them.
 
-    ``max_label_users`` > 0: at most that many label users per slice (``evaluation.sample_users``); ``sampled``,
-    when given, receives ``{"as_of", "label_users", "label_users_sampled"}`` per slice."""
+    ``max_label_users`` > 0: at most that many label users per slice (``evaluation.sample_users``), and no
+    further (older) slice once one slice had more label users than that: the newest labels are enough at that
+    scale, and each slice costs a fit of every candidate source.  ``sampled``, when given, receives
+    ``{"as_of", "label_users", "label_users_sampled"}`` per slice."""
     from factory_assets.ml.recsys.ranker import LabelSlice
 
     slices = []
@@ -206,6 +208,8 @@ def ranker_slices(train: pd.DataFrame, train_days: tuple[date, date], holdout_da
                             "label_users_sampled": len(inner_set.user_ids)})
         label_items = [{str(inner_set.catalogue[j]) for j in t} for t in inner_set.truth]
         slices.append(LabelSlice(inner.train, inner.train_days[1], inner_set.user_ids, label_items))
+        if 0 < max_label_users < n_label:
+            break
     return slices
 
 

@@ -42,12 +42,18 @@ def test_the_sample_keeps_everyone_under_the_cap_and_the_smallest_hashes_over_it
 
 def test_label_slices_are_capped_and_the_sizes_recorded():
     window = synthetic(n_users=60)
+    everyone = ranker_slices(window, (day(0), day(27)), 7)
+    assert len(everyone) == 3 and all(len(sl.label_users) > 10 for sl in everyone)
     sampled: list = []
-    slices = ranker_slices(window, (day(0), day(20)), 7, max_label_users=10, sampled=sampled)
-    assert slices and len(sampled) == len(slices)
-    for sl, rec in zip(slices, sampled):
-        assert len(sl.label_users) == rec["label_users_sampled"] == min(10, rec["label_users"])
-        assert rec["label_users"] > 10  # the cap did bind in this case
+    slices = ranker_slices(window, (day(0), day(27)), 7, max_label_users=10, sampled=sampled)
+    # the newest slice had more label users than the cap: it is sampled, and the older slices are not built
+    assert len(slices) == len(sampled) == 1 and slices[0].as_of == everyone[0].as_of
+    assert sampled[0] == {"as_of": everyone[0].as_of.isoformat(), "label_users": len(everyone[0].label_users),
+                          "label_users_sampled": 10}
+    assert set(slices[0].label_users) <= set(everyone[0].label_users) and len(slices[0].label_items) == 10
+    # a cap that does not bind keeps every slice and every user
+    assert [len(sl.label_users) for sl in ranker_slices(window, (day(0), day(27)), 7, max_label_users=10_000)] == \
+        [len(sl.label_users) for sl in everyone]
 
 
 def test_the_caps_are_recorded_and_do_not_change_a_model_under_them():
@@ -134,3 +140,21 @@ def test_fixed_parameters_are_never_replaced():
     fixed = replace(SEARCHING, ranker_c=0.1)
     assert search_plan(fixed, DAY, champion(), 4) == (fixed, {"mode": "fixed", "searched_on": None, "from_version": None,
                                                               "reason": "the parameters are fixed by the run config (no search)"})
+
+
+def test_als_factors_do_not_depend_on_the_thread_count():
+    import scipy.sparse as sp
+    from implicit.als import AlternatingLeastSquares
+    from threadpoolctl import threadpool_limits
+
+    rng = np.random.default_rng(0)
+    matrix = sp.random(400, 120, density=0.05, random_state=1, format="csr", dtype=np.float32)
+    matrix.data = np.log1p(rng.random(matrix.nnz).astype(np.float32) * 5)
+    factors = []
+    for threads in (1, 2):
+        als = AlternatingLeastSquares(factors=8, iterations=4, random_state=3, num_threads=threads,
+                                      calculate_training_loss=False, use_gpu=False)
+        with threadpool_limits(limits=1, user_api="blas"):
+            als.fit(matrix, show_progress=False)
+        factors.append((als.user_factors.tobytes(), als.item_factors.tobytes()))
+    assert factors[0] == factors[1]
