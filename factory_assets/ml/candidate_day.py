@@ -49,7 +49,8 @@ MODEL_CODE_VERSION = "2"  # 2: the ranker's long purchase-history features (the 
 FULL_SEARCH_EVERY_DAYS = 7  # a warm-started search chain is refreshed by a full search at least this often
 SEARCHED = ("factors", "regularization", "alpha", "iterations", "ranker_c")  # what the ranker's search chooses
 # params that neither the search nor the day sets: a champion that differs in one of them cannot lend its choice
-_NOT_COMPARED = {*SEARCHED, "search_budget", "regime_start", "use_gpu", "als_weight", "max_eval_users", "max_label_users"}
+_NOT_COMPARED = {*SEARCHED, "search_budget", "regime_start", "use_gpu", "als_weight", "num_threads", "max_eval_users",
+                 "max_label_users"}
 
 logger = logging.getLogger(__name__)
 
@@ -181,10 +182,13 @@ def search_plan(params: ModelParams, day: date, champion_manifest: dict | None, 
     A ranker whose search is on (``ranker_c`` None, ``search_budget`` > 0) re-uses the champion's chosen
     :data:`SEARCHED` parameters (no search: ``search_budget`` 0, ``ranker_c`` fixed) unless a full search is
     asked for: no champion (or not a ranker), a drift change point (``params.regime_start``) other than the one
-    the champion was trained with, another
-    model code version, other non-searched parameters, a champion trained on data since erased, a search made
-    after ``day`` (a backtest), a chain of warm starts whose last full search is :data:`FULL_SEARCH_EVERY_DAYS`
-    days or more before ``day``, or ``warm_start`` False.
+    the champion was trained with, another model code version, other non-searched parameters, a champion
+    trained on data since erased, a search made on ``day`` or after (a backtest, or a re-run of the day that
+    searched: searching again reproduces it), a chain of warm starts whose last full search is
+    :data:`FULL_SEARCH_EVERY_DAYS` days or more before ``day``, or ``warm_start`` False.
+
+    The manifest keeps only ``mode`` and ``searched_on`` (:func:`manifest_search`): what the parameters are,
+    not which champion lent them, so a re-run of a day reproduces its manifest and registry version.
 
     Returns:
         ``(params, {"mode": "full"|"warm_start"|"fixed", "reason", "searched_on": ISO day of the full search the
@@ -211,8 +215,8 @@ def search_plan(params: ModelParams, day: date, champion_manifest: dict | None, 
         reason = "the champion records no ranker search"
     elif changed := sorted(k for k, v in params.as_dict().items() if k not in _NOT_COMPARED and cp.get(k, v) != v):
         reason = f"parameters changed since the champion: {', '.join(changed)}"
-    elif date.fromisoformat(search["searched_on"]) > day:
-        reason = f"backtest: the champion's search ({search['searched_on']}) is after this day"
+    elif date.fromisoformat(search["searched_on"]) >= day:  # a backtest, or a re-run of the day that searched
+        reason = f"the champion's parameters were searched on {search['searched_on']}, not before this day"
     elif (day - date.fromisoformat(search["searched_on"])).days >= FULL_SEARCH_EVERY_DAYS:
         reason = f"the last full search ({search['searched_on']}) is {FULL_SEARCH_EVERY_DAYS}+ days old"
     if reason is not None:
@@ -220,6 +224,11 @@ def search_plan(params: ModelParams, day: date, champion_manifest: dict | None, 
     warm = replace(params, search_budget=0, **{k: float(cp[k]) if k == "ranker_c" else cp[k] for k in SEARCHED})
     return warm, {"mode": "warm_start", "reason": f"the parameters of champion v{champion_version}, searched on "
                   f"{search['searched_on']}", "searched_on": search["searched_on"], "from_version": champion_version}
+
+
+def manifest_search(search: dict) -> dict:
+    """The part of :func:`search_plan`'s record that the manifest keeps: ``{"mode", "searched_on"}``."""
+    return {"mode": search["mode"], "searched_on": search["searched_on"]}
 
 
 def train_day(
@@ -321,7 +330,7 @@ def train_day(
         "history": history_manifest,  # the long purchase history's partitions (None: not read)
         "holdout_days": HOLDOUT_DAYS,
         "tuning_trace": result.tuning.trace,
-        "search": search,  # full search or warm start from the champion's choice (search_plan)
+        "search": manifest_search(search),  # full search, or the day of the search the parameters come from
         "sampling": result.sampling,  # evaluated and label users before/after the caps (cost bound at scale)
         "ranker": _ranker_manifest(result.served_model),
         "artefacts": {

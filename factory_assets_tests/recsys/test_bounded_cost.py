@@ -104,6 +104,8 @@ def test_a_warm_start_takes_the_champions_choice_and_searches_nothing():
     assert search == {"mode": "warm_start", "searched_on": "2024-11-18", "from_version": 4,
                       "reason": "the parameters of champion v4, searched on 2024-11-18"}
     assert (params.factors, params.regularization, params.alpha, params.ranker_c, params.search_budget) == (32, 0.1, 5.0, 1.0, 0)
+    # neither the thread count (same factors) nor the caps ask for a search
+    assert search_plan(SEARCHING, DAY, champion(num_threads=1, max_eval_users=7), 4)[1]["mode"] == "warm_start"
     # a chain of warm starts keeps the day of the full search it came from
     assert search_plan(SEARCHING, DAY, champion(mode="warm_start"), 5)[1]["searched_on"] == "2024-11-18"
 
@@ -118,7 +120,8 @@ def test_a_warm_start_takes_the_champions_choice_and_searches_nothing():
     ({"tainted": True}, "trained on data since erased"),
     ({"manifest": champion(model_kind="blend")}, "records no ranker search"),
     ({"manifest": champion(n_candidates=20)}, "parameters changed since the champion: n_candidates"),
-    ({"manifest": champion(searched_on="2024-11-21")}, "backtest"),
+    ({"manifest": champion(searched_on="2024-11-21")}, "searched on 2024-11-21, not before this day"),  # a backtest
+    ({"manifest": champion(searched_on=DAY.isoformat())}, "not before this day"),  # a re-run of the searching day
     ({"manifest": champion(searched_on=(DAY.replace(day=DAY.day - FULL_SEARCH_EVERY_DAYS)).isoformat())}, "days old"),
     ({"warm": False}, "warm start off"),
 ])
@@ -158,3 +161,22 @@ def test_als_factors_do_not_depend_on_the_thread_count():
             als.fit(matrix, show_progress=False)
         factors.append((als.user_factors.tobytes(), als.item_factors.tobytes()))
     assert factors[0] == factors[1]
+
+
+def test_a_rerun_of_every_day_records_the_search_it_recorded_first():
+    """A first run of days D, D+1, D+2 then the same days again with the last champion: the manifests' ``search``
+    (and so the manifests and registry versions) come out the same."""
+    from datetime import timedelta
+
+    from factory_assets.ml.candidate_day import manifest_search
+
+    days = [DAY + timedelta(days=i) for i in range(3)]
+    first, champ = [], None
+    for i, d in enumerate(days):
+        params, search = search_plan(SEARCHING, d, champ, i or None)
+        first.append(manifest_search(search))
+        champ = {"code_version": MODEL_CODE_VERSION, "search": manifest_search(search),
+                 "params": {**params.as_dict(), "ranker_c": params.ranker_c or 0.1}}
+    assert [s["mode"] for s in first] == ["full", "warm_start", "warm_start"]
+    again = [manifest_search(search_plan(SEARCHING, d, champ, 3)[1]) for d in days]
+    assert again == first == [{"mode": m, "searched_on": DAY.isoformat()} for m in ("full", "warm_start", "warm_start")]
