@@ -173,7 +173,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--gpu", action="store_true", help="also time ALS on CUDA vs CPU on the largest size's window")
     p.add_argument("--timeout", type=float, default=3600, help="seconds one measured cycle may take")
     args = p.parse_args(argv)
-    sizes = [int(float(s)) for s in args.sizes.split(",") if s.strip()]
+    try:
+        sizes = [int(float(s)) for s in args.sizes.split(",") if s.strip()]
+    except ValueError:
+        p.error(f"--sizes: events/day as numbers separated by commas, got {args.sizes!r}")
+    if not sizes or min(sizes) < 1000:
+        p.error(f"--sizes: at least one size, each >= 1000 events/day, got {args.sizes!r}")
     candidate = {} if args.model == "default" else dict(c.FIXED_CANDIDATE)
     cache = c.default_cache()
     machine = c.machine_info()

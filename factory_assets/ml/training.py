@@ -33,9 +33,9 @@ from factory_assets.ml.recsys.evaluation import (
     Tuning,
     build_eval_set,
     evaluate,
-    sample_users,
     evaluate_baselines,
     model_scores,
+    sample_users,
     temporal_split,
     tune_als_weight,
 )

@@ -31,7 +31,6 @@ from datetime import date
 
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
 from factory_assets.ml.recsys.candidates import SourceArrays, candidate_mask, fit_sources, rank_of
