@@ -105,13 +105,11 @@ def gpu_ratio(events: int, cache: Path) -> dict:
         return {"available": False, "reason": "implicit.gpu.HAS_CUDA is False (no CUDA build of implicit or no GPU)"}
     from implicit.als import AlternatingLeastSquares
 
-    import numpy as np
+    import duckdb
+    from training_cost import confidence_matrix  # the ALS confidence matrix of fit_model (no drift re-weighting)
 
     from factory_assets.feature_store import store
-    from factory_assets.ml.recsys.matrix import Interactions
-    from factory_assets.ml.recsys.model import ModelParams, recency_decay
-
-    import duckdb
+    from factory_assets.ml.recsys.model import ModelParams
 
     shop = scaled_shop(events)
     days = [c.FIRST_DAY + timedelta(days=i) for i in range(WINDOW)]
@@ -120,10 +118,7 @@ def gpu_ratio(events: int, cache: Path) -> dict:
     frame = store.read_window(con, days[0], days[-1])
     con.close()
     params = ModelParams()
-    # the ALS confidence matrix of recsys.model.fit_model (no drift re-weighting)
-    frame["confidence"] = np.log1p(frame["weight"].to_numpy(np.float64) * recency_decay(frame["day"], days[-1],
-                                                                                         params.half_life_days))
-    matrix = Interactions.from_frame(frame, "confidence").matrix
+    matrix = confidence_matrix(frame, days[-1], params)
     out = {"available": True, "events_per_day": events, "shape": list(matrix.shape), "nnz": int(matrix.nnz)}
     for kind, gpu in (("cpu", False), ("gpu", True)):
         model = AlternatingLeastSquares(factors=params.factors, regularization=params.regularization, alpha=params.alpha,

@@ -370,21 +370,21 @@ class ShopSimulator(EventSource):
         step = max(1, min(n_u, max_cells // max(self.config.n_items, 1)))
         return [(lo, min(lo + step, n_u)) for lo in range(0, n_u, step)]
 
-    def _favourite_matrix(self, regime: _Regime, lo: int = 0, hi: int | None = None) -> np.ndarray:
-        hi = self.config.n_users if hi is None else hi
-        mat = np.zeros((hi - lo, self.config.n_items), dtype=np.float64)
-        np.add.at(mat, (np.repeat(np.arange(hi - lo), self.config.n_favourites), regime.favourites[lo:hi].ravel()), 1.0)
+    def _favourite_matrix(self, regime: _Regime) -> np.ndarray:
+        n_u = self.config.n_users
+        mat = np.zeros((n_u, self.config.n_items), dtype=np.float64)
+        np.add.at(mat, (np.repeat(np.arange(n_u), self.config.n_favourites), regime.favourites.ravel()), 1.0)
         return mat
 
-    def _item_probabilities(self, regime: _Regime, lo: int = 0, hi: int | None = None) -> np.ndarray:
+    def _item_probabilities(self, regime: _Regime) -> np.ndarray:
         cfg = self.config
-        explore = regime.preferences[lo:hi, self._item_cat] * self._within
-        fav = self._favourite_matrix(regime, lo, hi) / cfg.n_favourites
+        explore = regime.preferences[:, self._item_cat] * self._within
+        fav = self._favourite_matrix(regime) / cfg.n_favourites
         return cfg.repeat_share * fav + (1.0 - cfg.repeat_share) * explore
 
-    def _purchase_probabilities(self, regime: _Regime, lo: int = 0, hi: int | None = None) -> np.ndarray:
-        logit = regime.affinity_logit[lo:hi, self._item_cat]
-        logit = logit + self.config.favourite_purchase_boost * (self._favourite_matrix(regime, lo, hi) > 0)
+    def _purchase_probabilities(self, regime: _Regime) -> np.ndarray:
+        logit = regime.affinity_logit[:, self._item_cat]
+        logit = logit + self.config.favourite_purchase_boost * (self._favourite_matrix(regime) > 0)
         return 1.0 / (1.0 + np.exp(-logit))
 
     # ------------------------------------------------------------------ public helpers

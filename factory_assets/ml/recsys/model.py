@@ -75,12 +75,9 @@ class ModelParams:
         if not self.history_days:  # added later: a model without it keeps the exact bytes (and manifest) it had
             del out["history_days"]
         for name in ("max_eval_users", "max_label_users"):  # likewise, at their defaults
-            if out[name] == _DEFAULT_CAPS[name]:
+            if out[name] == type(self).__dataclass_fields__[name].default:
                 del out[name]
         return out
-
-
-_DEFAULT_CAPS = {"max_eval_users": ModelParams.max_eval_users, "max_label_users": ModelParams.max_label_users}
 
 
 @dataclass(frozen=True)
