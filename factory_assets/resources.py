@@ -48,6 +48,7 @@ class Factory:
     fault_seed: int = 0
     policy: PromotionPolicy | dict | None = None
     registry_url: str | None = None
+    storage: str | None = None
 
     @property
     def layout(self) -> HomeLayout:
@@ -56,6 +57,10 @@ class Factory:
     def _home_scope(self) -> dict:
         return {"home": str(self.layout.home), "source": self.source}
 
+    def _store_scope(self) -> dict:
+        """The scope of the resources that open the warehouse: the home, and the storage when one is chosen."""
+        return {**self._home_scope(), **({"storage": self.storage} if self.storage else {})}
+
     def _event_source_config(self) -> dict:
         return {**self._home_scope(), "source_path": self.source_path, "simulator": _plain(self.simulator),
                 "fault_rate": self.fault_rate, "fault_seed": self.fault_seed}
@@ -63,18 +68,18 @@ class Factory:
     def resources(self) -> dict:
         """Resource instances for ``materialize()`` / ``execute_in_process``, keyed as in the definitions."""
         return {
-            "warehouse": WarehouseResource(**self._home_scope()),
+            "warehouse": WarehouseResource(**self._store_scope()),
             "event_source": self.event_source_resource,
-            **ml_resources(registry_url=self.registry_url, **self._home_scope(), **_plain(self.policy)),
+            **ml_resources(registry_url=self.registry_url, **self._store_scope(), **_plain(self.policy)),
         }
 
     def run_config(self) -> dict:
         """The ``resources`` section of a run config that points the definitions' resources at this factory."""
         scope = self._home_scope()
         return {
-            "warehouse": {"config": scope},
+            "warehouse": {"config": self._store_scope()},
             "event_source": {"config": self._event_source_config()},
-            "feature_store": {"config": scope},
+            "feature_store": {"config": self._store_scope()},
             "registry": {"config": {**scope, "url": self.registry_url}},
             "artefacts": {"config": scope},
             "model_policy": {"config": _plain(self.policy)},
@@ -96,7 +101,7 @@ class Factory:
     @contextmanager
     def warehouse(self) -> Iterator[duckdb.DuckDBPyConnection]:
         """A read-write connection to the warehouse (every DataOps table ensured)."""
-        with WarehouseResource(**self._home_scope()).connect() as con:
+        with WarehouseResource(**self._store_scope()).connect() as con:
             yield con
 
     @contextmanager

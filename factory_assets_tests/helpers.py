@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import date, timedelta
 from pathlib import Path
 
+import duckdb
 import pytest
 from dagster import DagsterInstance, ExecuteInProcessResult, materialize
 
+from factory_assets.data.resources import ensure_tables
 from factory_assets.definitions import DATAOPS_ASSETS, MLOPS_ASSETS
+from factory_assets.feature_store import storage
 from factory_assets.resources import Factory, SimulatorOptions
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -17,9 +22,29 @@ ALL_ASSETS = [*DATAOPS_ASSETS, *MLOPS_ASSETS]
 INGEST = [key.to_user_string() for a in DATAOPS_ASSETS for key in a.keys]
 TRAIN = ["training_window", "candidate_model", "served_model"]
 
+#: the warehouse storages (``FACTORY_STORAGE``): the feature store's by-hand tests run on each
+STORAGES = ("duckdb", "parquet")
+
 # A shop small enough for a 28-day window to ingest and train in seconds.
 SMALL_SHOP = {"n_users": 400, "n_items": 120, "events_per_day": 3000, "seed": 11, "shift_date": "2024-11-11"}
 FIRST_DAY = date(2024, 10, 1)
+
+
+@contextmanager
+def warehouse_connection(folder: Path, kind: str) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A warehouse connection in ``folder`` with every DataOps table, in ``kind`` storage (``duckdb``: one file;
+    ``parquet``: the per-partition Parquet lake, :mod:`factory_assets.feature_store.storage`)."""
+    if kind == "parquet":
+        with storage.connect_lake(folder / "lake", ensure=ensure_tables) as con:
+            yield con
+        return
+    con = duckdb.connect(str(folder / "w.duckdb"))
+    try:
+        con.execute("SET TimeZone='UTC'")
+        ensure_tables(con)
+        yield con
+    finally:
+        con.close()
 
 
 def days(start: date, n: int) -> list[date]:

@@ -16,6 +16,7 @@ import duckdb
 import pandas as pd
 
 from factory_assets.data import drift
+from factory_assets.feature_store import storage
 from factory_assets.feature_store.contract import DRIFT_HISTORY, ITEM_DAILY, ledger
 from factory_assets.platform.settings import DEFAULT_WINDOW_DAYS
 
@@ -26,6 +27,7 @@ _DDL = f"""CREATE TABLE IF NOT EXISTS {DRIFT_HISTORY} (
     partition_day DATE PRIMARY KEY, reference_start DATE NOT NULL, reference_days INTEGER NOT NULL,
     observations DOUBLE NOT NULL, psi_items DOUBLE, js_distance_items DOUBLE, psi_categories DOUBLE,
     js_distance_categories DOUBLE, drifted BOOLEAN NOT NULL, reason VARCHAR NOT NULL, computed_at TIMESTAMPTZ NOT NULL)"""
+storage.declare(DRIFT_HISTORY, ("partition_day",))
 
 _COUNTS_SQL = f"""
 SELECT item_id,
@@ -73,15 +75,18 @@ def history(con: duckdb.DuckDBPyConnection, until: date, rows: int = HISTORY_ROW
 
 
 def record(con: duckdb.DuckDBPyConnection, day: date, reference_days: int, report: drift.DriftReport) -> None:
-    con.execute(
-        f"INSERT OR REPLACE INTO {DRIFT_HISTORY} VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        [
-            day, day - timedelta(days=REFERENCE_DAYS), reference_days, report.current_observations,
-            report.metric("items", "psi"), report.metric("items", "js_distance"),
-            report.metric("categories", "psi"), report.metric("categories", "js_distance"),
-            report.drifted, report.reason, datetime.now(timezone.utc),
-        ],
-    )
+    """Replace ``day``'s row of :data:`DRIFT_HISTORY` (one atomic write)."""
+    with storage.transaction(con):
+        storage.clear(con, DRIFT_HISTORY, partition_day=day)
+        con.execute(
+            f"INSERT INTO {storage.into(con, DRIFT_HISTORY)} VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                day, day - timedelta(days=REFERENCE_DAYS), reference_days, report.current_observations,
+                report.metric("items", "psi"), report.metric("items", "js_distance"),
+                report.metric("categories", "psi"), report.metric("categories", "js_distance"),
+                report.drifted, report.reason, datetime.now(timezone.utc),
+            ],
+        )
 
 
 

@@ -64,6 +64,7 @@ from factory_assets.data.sources.validation import (
     prepare_rows,
     quarantine_frame,
 )
+from factory_assets.feature_store import storage
 from factory_assets.feature_store.contract import RAW_EVENTS, record_partition
 
 __all__ = ["IngestResult", "PREVIEW_ROWS", "ingest_day"]
@@ -74,7 +75,7 @@ _VIEW = "_ingest_rows"
 _DAY_US = 86_400_000_000
 # identifiers from code; the day and the event type names are parameters
 _INSERT_SQL = (
-    f"INSERT INTO {RAW_EVENTS} SELECT $day::DATE, event_id, user_id, item_id, ($types::VARCHAR[])[etype], "
+    f"INSERT INTO {{into}} SELECT $day::DATE, event_id, user_id, item_id, ($types::VARCHAR[])[etype], "
     f"make_timestamptz(ts_us), quantity::BIGINT, value FROM {_VIEW} WHERE stage = 0 ORDER BY {{order}}"
 )
 # on the stored day (dictionary-compressed columns: cheaper than on the frame's Python strings)
@@ -83,7 +84,7 @@ _BY_TYPE_SQL = f"SELECT event_type, count(*) FROM {RAW_EVENTS} WHERE partition_d
 # the fused statement: the checks over the registered frame and the insert of the rows passing them, in input
 # order (used only when that order is the (ts, event_id) order and no event_id repeats)
 _FUSED_SQL = (
-    f"INSERT INTO {RAW_EVENTS} SELECT $day::DATE, event_id, user_id, item_id, ($types::VARCHAR[])[etype], "
+    f"INSERT INTO {{into}} SELECT $day::DATE, event_id, user_id, item_id, ($types::VARCHAR[])[etype], "
     f"make_timestamptz(ts_us), quantity::BIGINT, value FROM ({CHECKED_ROWS_SQL}) WHERE stage = 0 ORDER BY pos"
 )
 
@@ -152,13 +153,13 @@ def ingest_day(
     rows = prepare_rows(batch.events, day)
     fused = rows.n > 0 and _in_order_without_duplicates(rows)
     clock.lap("prepare")
-    con.execute("BEGIN TRANSACTION")
-    try:
+    with storage.transaction(con):
         warehouse.delete_partition_rows(con, day)
         if fused:  # check and insert in one statement; the stages are read only when a row failed
             con.register("_validate_rows", rows.table)
             try:
-                inserted = con.execute(_FUSED_SQL, {**check_parameters(rows), "day": day}).fetchall()[0][0]
+                fused_sql = _FUSED_SQL.format(into=storage.into(con, RAW_EVENTS))
+                inserted = con.execute(fused_sql, {**check_parameters(rows), "day": day}).fetchall()[0][0]
             finally:
                 con.unregister("_validate_rows")
             clock.lap("insert")
@@ -172,7 +173,8 @@ def ingest_day(
                 con.register(_VIEW, _insert_view(rows.table, checked, order))
                 try:
                     sort = "pos" if order is checked.accepted else "rank"
-                    con.execute(_INSERT_SQL.format(order=sort), {"day": day, "types": list(EVENT_TYPES)})
+                    con.execute(_INSERT_SQL.format(into=storage.into(con, RAW_EVENTS), order=sort),
+                                {"day": day, "types": list(EVENT_TYPES)})
                 finally:
                     con.unregister(_VIEW)
             clock.lap("insert")
@@ -191,11 +193,7 @@ def ingest_day(
             if fused and inserted == rows.n:  # event types of the preview rows, as stored
                 _stored_types(con, day, rows, checked.etype, order[:PREVIEW_ROWS])
         clock.lap("stats")
-        con.execute("COMMIT")
-        clock.lap("commit")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
+    clock.lap("commit")
     preview = event_frame(rows, checked, order[:PREVIEW_ROWS]) if len(order) else empty_events()
     clock.lap("result")
     return IngestResult(
@@ -313,12 +311,11 @@ def _ingest_clean(con: duckdb.DuckDBPyConnection, day: date, batch: DayBatch, cl
     """:func:`ingest_day` for a batch :func:`_proven_clean` accepted whole: the rows are stored as they come
     (DuckDB's bulk insert of the Arrow table, input order), nothing of them is quarantined."""
     clock.lap("prepare")
-    con.execute("BEGIN TRANSACTION")
-    try:
+    with storage.transaction(con):
         warehouse.delete_partition_rows(con, day)
         con.register(_VIEW, clean.table)
         try:
-            con.execute(f"INSERT INTO {RAW_EVENTS} SELECT $day::DATE, {', '.join(EVENT_COLUMNS)} FROM {_VIEW}", {"day": day})
+            con.execute(f"INSERT INTO {storage.into(con, RAW_EVENTS)} SELECT $day::DATE, {', '.join(EVENT_COLUMNS)} FROM {_VIEW}", {"day": day})
         finally:
             con.unregister(_VIEW)
         clock.lap("insert")
@@ -332,11 +329,7 @@ def _ingest_clean(con: duckdb.DuckDBPyConnection, day: date, batch: DayBatch, cl
         clock.lap("version")
         users, items, by_type = _stats(con, day)
         clock.lap("stats")
-        con.execute("COMMIT")
-        clock.lap("commit")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
+    clock.lap("commit")
     head = batch.events.iloc[:PREVIEW_ROWS].reset_index(drop=True)  # the first rows in (ts, event_id) order
     preview = pd.DataFrame({
         **{c: pd.Series(head[c].to_numpy(dtype=object), dtype=object) for c in EVENT_COLUMNS[:4]},

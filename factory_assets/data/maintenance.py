@@ -15,7 +15,7 @@ from datetime import date, datetime, timedelta, timezone
 
 import duckdb
 
-from factory_assets.feature_store import contract, store, views
+from factory_assets.feature_store import contract, storage, store, views
 from factory_assets.data.warehouse import (
     INGESTION_LOG,
     LEDGER,
@@ -41,6 +41,8 @@ DDL: tuple[str, ...] = (
         applied_at TIMESTAMPTZ NOT NULL, user_sha256 VARCHAR NOT NULL, rows_deleted BIGINT NOT NULL,
         days VARCHAR NOT NULL, reason VARCHAR NOT NULL)""",
 )
+storage.declare(RETENTION_LOG, ())  # append-only logs: one file per commit (parquet storage)
+storage.declare(ERASURE_LOG, ())
 
 
 def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
@@ -66,8 +68,7 @@ def apply_retention(con: duckdb.DuckDBPyConnection, today: date, retention_days:
     if retention_days < 1:
         raise ValueError(f"retention_days must be >= 1, got {retention_days}")
     cutoff = today - timedelta(days=retention_days)
-    con.execute("BEGIN TRANSACTION")
-    try:
+    with storage.transaction(con):
         days = [r[0] for r in con.execute(
             f"SELECT DISTINCT partition_day FROM {_ident(LEDGER)} WHERE asset = ? AND partition_day < ? ORDER BY 1",
             [RAW_EVENTS, cutoff],
@@ -75,7 +76,7 @@ def apply_retention(con: duckdb.DuckDBPyConnection, today: date, retention_days:
         rows = con.execute(f"SELECT count(*) FROM {_ident(RAW_EVENTS)} WHERE partition_day < ?", [cutoff]).fetchone()[0]
         for table, column in {RAW_EVENTS: "partition_day", QUARANTINE: "partition_day", INGESTION_LOG: "partition_day",
                               **FEATURE_TABLES, LEDGER: "partition_day"}.items():
-            con.execute(f"DELETE FROM {_ident(table)} WHERE {_ident(column)} < ?", [cutoff])
+            storage.delete_where(con, table, f"{_ident(column)} < ?", [cutoff])
         summary = {
             "cutoff": cutoff.isoformat(),
             "days_dropped": len(days),
@@ -84,13 +85,9 @@ def apply_retention(con: duckdb.DuckDBPyConnection, today: date, retention_days:
             "last_day": days[-1].isoformat() if days else None,
         }
         con.execute(
-            f"INSERT INTO {RETENTION_LOG} VALUES (?, ?, ?, ?, ?, ?)",
+            f"INSERT INTO {storage.into(con, RETENTION_LOG)} VALUES (?, ?, ?, ?, ?, ?)",
             [datetime.now(timezone.utc), cutoff, len(days), int(rows), summary["first_day"], summary["last_day"]],
         )
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
     return summary
 
 
@@ -113,11 +110,9 @@ def erase_user(con: duckdb.DuckDBPyConnection, user_id: str, reason: str) -> dic
         f"SELECT DISTINCT partition_day FROM {_ident(RAW_EVENTS)} WHERE user_id = ? ORDER BY 1", [user_id]
     ).fetchall()]
     new_versions: dict[str, str] = {}
-    con.execute("BEGIN TRANSACTION")
-    try:
-        rows = con.execute(f"SELECT count(*) FROM {_ident(RAW_EVENTS)} WHERE user_id = ?", [user_id]).fetchone()[0]
-        con.execute(f"DELETE FROM {_ident(RAW_EVENTS)} WHERE user_id = ?", [user_id])
-        con.execute(f"DELETE FROM {_ident(QUARANTINE)} WHERE user_id = ?", [user_id])
+    with storage.transaction(con):
+        rows = storage.delete_where(con, RAW_EVENTS, "user_id = ?", [user_id])
+        storage.delete_where(con, QUARANTINE, "user_id = ?", [user_id])
         for day in days:  # the writer's version scheme: the same rows always give the same version
             version = partition_data_version(con, day)
             remaining = con.execute(
@@ -126,26 +121,23 @@ def erase_user(con: duckdb.DuckDBPyConnection, user_id: str, reason: str) -> dic
             record_partition(con, RAW_EVENTS, day, version, int(remaining))
             new_versions[day.isoformat()] = version
         con.execute(
-            f"INSERT INTO {ERASURE_LOG} VALUES (?, ?, ?, ?, ?)",
+            f"INSERT INTO {storage.into(con, ERASURE_LOG)} VALUES (?, ?, ?, ?, ?)",
             [datetime.now(timezone.utc), user_sha256(user_id), int(rows), ",".join(new_versions), reason],
         )
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
     for view in FEATURE_TABLES:  # each rebuild is its own atomic transaction, from the erased raw days
         built = ledger(con, view, min(days), date.max)["partition_day"] if days else []
         for day in built:  # the erased days, and later days whose inputs include them (item_features)
             if day in days or (view in DERIVED_VIEWS and views.is_stale(con, view, day)):
                 views.build_view_partition(con, view, day)
     for table in _online_tables_with_users(con):
-        con.execute(f"DELETE FROM {table} WHERE user_id = ?", [user_id])
+        with storage.transaction(con):
+            storage.delete_where(con, table, "user_id = ?", [user_id])
     return {"user_sha256": user_sha256(user_id), "rows_deleted": int(rows), "days": new_versions}
 
 
 def _online_tables_with_users(con: duckdb.DuckDBPyConnection) -> list[str]:
     rows = con.execute(
-        "SELECT table_name FROM information_schema.columns WHERE table_name LIKE 'online\\_%' ESCAPE '\\' "
-        "AND column_name = 'user_id'"
+        "SELECT DISTINCT table_name FROM information_schema.columns WHERE table_name LIKE 'online\\_%' ESCAPE '\\' "
+        "AND column_name = 'user_id' AND table_schema = current_schema()"
     ).fetchall()
     return [r[0] for r in rows if r[0].isidentifier()]

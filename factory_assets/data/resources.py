@@ -16,10 +16,10 @@ from dagster import Config
 from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
-from factory_assets.data import maintenance, warehouse
+from factory_assets.data import drift_history, maintenance, warehouse
 from factory_assets.data.sources import EventSource, make_source
 from factory_assets.data.sources.faults import FlakySource
-from factory_assets.feature_store import store
+from factory_assets.feature_store import storage, store
 from factory_assets.platform import settings
 from factory_assets.platform.resources import HomeScoped
 
@@ -43,16 +43,30 @@ class WarehouseResource(HomeScoped):
     def connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
         """A read-write connection, every DataOps table ensured, session time zone UTC.
 
-        Opening retries with back-off while another process holds the file (``DuckDBResource``); steps that
-        open it share the ``warehouse`` pool so the multiprocess executor never contends for the lock.
+        ``duckdb`` storage: opening retries with back-off while another process holds the file
+        (``DuckDBResource``); steps that open it share the ``warehouse`` pool so the multiprocess executor never
+        contends for the lock.  ``parquet`` storage (:mod:`factory_assets.feature_store.storage`): an in-memory
+        connection over ``<home>/<source>/lake``; any number of processes may hold one and write different
+        partitions at once.
         """
+        kind = self.storage_name
         layout = self.layout.ensure()
+        if kind == "parquet":
+            with storage.connect_lake(layout.lake, ensure=ensure_tables, temp_directory=layout.root / ".duckdb_tmp") as con:
+                yield con
+            return
         with DuckDBResource(database=str(layout.warehouse)).get_connection() as con:
             con.execute("SET TimeZone = 'UTC'")
-            warehouse.ensure_schema(con)
-            store.ensure_schema(con)
-            maintenance.ensure_schema(con)
+            ensure_tables(con)
             yield con
+
+
+def ensure_tables(con: duckdb.DuckDBPyConnection) -> None:
+    """Create every table the DataOps half writes (idempotent)."""
+    warehouse.ensure_schema(con)
+    store.ensure_schema(con)
+    maintenance.ensure_schema(con)
+    drift_history.ensure_schema(con)
 
 
 class EventSourceResource(HomeScoped):

@@ -18,6 +18,7 @@ import duckdb
 import pandas as pd
 
 from factory_assets.data.sources.base import FileIngest
+from factory_assets.feature_store import storage
 from factory_assets.feature_store.contract import LEDGER, LEDGER_DDL, RAW_EVENTS, ledger, record_partition  # noqa: F401 (re-exported)
 from factory_assets.data.sources.schema import EVENT_COLUMNS, QUARANTINE_COLUMNS
 
@@ -40,6 +41,8 @@ DDL: tuple[str, ...] = (
         ingested_at TIMESTAMPTZ NOT NULL, PRIMARY KEY (file_sha256, partition_day))""",
     LEDGER_DDL,
 )
+for _table in (RAW_EVENTS, QUARANTINE, INGESTION_LOG):  # one file per day (parquet storage)
+    storage.declare(_table, ("partition_day",))
 
 
 def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
@@ -68,7 +71,7 @@ def partition_data_version(con: duckdb.DuckDBPyConnection, day: date) -> str:
     """
     types = con.execute(
         "SELECT string_agg(column_name || ':' || data_type, '|' ORDER BY ordinal_position) "
-        "FROM information_schema.columns WHERE table_name = ?",
+        "FROM information_schema.columns WHERE table_name = ? AND table_schema = current_schema()",
         [RAW_EVENTS],
     ).fetchall()[0][0]
     count, sum1, sum2, xor = con.execute(_VERSION_SQL, [day]).fetchall()[0]
@@ -105,21 +108,18 @@ def write_raw_partition(
         duckdb.Error: the transaction is rolled back and the previous version of the day stays.
     """
     ordered = events if list(events.columns) == list(EVENT_COLUMNS) else events.loc[:, list(EVENT_COLUMNS)]
-    con.execute("BEGIN TRANSACTION")
     try:
-        delete_partition_rows(con, day)
-        con.register("_new_events", ordered)
-        con.execute(
-            f"INSERT INTO {RAW_EVENTS} SELECT ?::DATE, {', '.join(EVENT_COLUMNS)} FROM _new_events", [day]
-        )
-        insert_quarantine(con, day, quarantined, undated)
-        insert_ingestion_log(con, day, files)
-        version = partition_data_version(con, day)
-        record_partition(con, RAW_EVENTS, day, version, len(ordered))
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
+        with storage.transaction(con):
+            delete_partition_rows(con, day)
+            con.register("_new_events", ordered)
+            con.execute(
+                f"INSERT INTO {storage.into(con, RAW_EVENTS)} SELECT ?::DATE, {', '.join(EVENT_COLUMNS)} FROM _new_events",
+                [day],
+            )
+            insert_quarantine(con, day, quarantined, undated)
+            insert_ingestion_log(con, day, files)
+            version = partition_data_version(con, day)
+            record_partition(con, RAW_EVENTS, day, version, len(ordered))
     finally:
         _unregister(con, "_new_events")
     return version
@@ -129,7 +129,7 @@ def delete_partition_rows(con: duckdb.DuckDBPyConnection, day: date) -> None:
     """Delete ``day`` from ``raw_events``, its dated quarantine and its ingestion log (inside the writer's
     transaction; the ledger row is replaced by :func:`record_partition`)."""
     for table in (RAW_EVENTS, QUARANTINE, INGESTION_LOG):
-        con.execute(f"DELETE FROM {table} WHERE partition_day = ?", [day])
+        storage.clear(con, table, partition_day=day)
 
 
 def insert_quarantine(
@@ -148,11 +148,11 @@ def insert_quarantine(
     try:
         if len(q):
             con.register("_new_quarantine", q)
-            con.execute(f"INSERT INTO {QUARANTINE} SELECT ?::DATE, {columns} FROM _new_quarantine", [day])
+            con.execute(f"INSERT INTO {storage.into(con, QUARANTINE)} SELECT ?::DATE, {columns} FROM _new_quarantine", [day])
         if len(u):
             con.register("_new_undated", u)
             con.execute(
-                f"INSERT INTO {QUARANTINE} SELECT NULL, {columns} FROM _new_undated n WHERE NOT EXISTS ("
+                f"INSERT INTO {storage.into(con, QUARANTINE)} SELECT NULL, {columns} FROM _new_undated n WHERE NOT EXISTS ("
                 f"SELECT 1 FROM {QUARANTINE} q WHERE q.partition_day IS NULL AND q.source_sha256 IS NOT DISTINCT "
                 "FROM n.source_sha256 AND q.source_line IS NOT DISTINCT FROM n.source_line AND q.reason = n.reason)"
             )
@@ -165,7 +165,7 @@ def insert_ingestion_log(con: duckdb.DuckDBPyConnection, day: date, files: Seque
     now = datetime.now(timezone.utc)
     for f in files:
         con.execute(
-            f"INSERT INTO {INGESTION_LOG} VALUES (?, ?, ?, ?, ?, ?, ?)",
+            f"INSERT INTO {storage.into(con, INGESTION_LOG)} VALUES (?, ?, ?, ?, ?, ?, ?)",
             [f.sha256, day, f.name, f.size_bytes, f.rows_accepted, f.rows_quarantined, now],
         )
 

@@ -30,6 +30,8 @@ from datetime import date, datetime, timedelta, timezone
 import duckdb
 import pandas as pd
 
+from factory_assets.feature_store import storage
+
 from factory_assets.platform.keys import (  # noqa: F401 (the contract's names)
     BEHAVIOUR_DRIFT,
     DATA_KEYS,
@@ -58,12 +60,14 @@ ERASURE_LOG = "erasure_log"  # one row per right-to-erasure request: ``days`` = 
 LEDGER_DDL = f"""CREATE TABLE IF NOT EXISTS {LEDGER} (
         asset VARCHAR NOT NULL, partition_day DATE NOT NULL, data_version VARCHAR NOT NULL,
         row_count BIGINT NOT NULL, written_at TIMESTAMPTZ NOT NULL, PRIMARY KEY (asset, partition_day))"""
+storage.declare(LEDGER, ("asset", "partition_day"))
 
 
 def record_partition(con: duckdb.DuckDBPyConnection, asset: str, day: date, data_version: str, row_count: int) -> None:
-    """Upsert the ledger row of ``(asset, day)`` (inside the writer's transaction; DataOps only)."""
+    """Upsert the ledger row of ``(asset, day)`` (inside the writer's :func:`storage.transaction`; DataOps only)."""
+    storage.clear(con, LEDGER, asset=asset, partition_day=day)
     con.execute(
-        f"INSERT OR REPLACE INTO {LEDGER} VALUES (?, ?, ?, ?, ?)",
+        f"INSERT INTO {storage.into(con, LEDGER)} VALUES (?, ?, ?, ?, ?)",
         [asset, day, data_version, int(row_count), datetime.now(timezone.utc)],
     )
 

@@ -16,7 +16,7 @@ from contextlib import ExitStack, contextmanager
 import duckdb
 from dagster_duckdb import DuckDBResource
 
-from factory_assets.feature_store import store
+from factory_assets.feature_store import storage, store
 from factory_assets.feature_store.contract import LEDGER_DDL
 from factory_assets.platform.resources import HomeScoped
 
@@ -42,7 +42,13 @@ class FeatureStoreResource(HomeScoped):
         in-process), the read-only open falls back to the same read-write configuration (the lock is this
         process's already), and the step still only reads.
         """
-        path = self.layout.ensure().warehouse
+        kind = self.storage_name
+        layout = self.layout.ensure()
+        path = layout.warehouse
+        if kind == "parquet" and layout.lake.is_dir():
+            with storage.connect_lake(layout.lake, temp_directory=layout.root / ".duckdb_tmp") as con:
+                yield con
+            return
         if not path.exists():
             with duckdb.connect(":memory:") as con:
                 con.execute("SET TimeZone = 'UTC'")

@@ -30,6 +30,7 @@ from datetime import date, datetime, timedelta, timezone
 import duckdb
 import pandas as pd
 
+from factory_assets.feature_store import storage
 from factory_assets.feature_store.store import ONLINE_VIEWS
 from factory_assets.feature_store.views import FEATURE_VIEWS, FeatureView, get_view
 from factory_assets.feature_store.contract import ledger
@@ -306,18 +307,15 @@ def materialize_online(con: duckdb.DuckDBPyConnection, view_name: str, as_of: da
     columns = [f"CAST({c} AS VARCHAR) AS {c}" for c in view.entity]
     columns += [f'"{c}"' for c in feature_columns(view)] + ["CAST(as_of AS TIMESTAMPTZ) AS as_of"]
     con.register(_ONLINE_FRAME, frame)
-    con.execute("BEGIN TRANSACTION")
     try:
-        con.execute(f"CREATE OR REPLACE TABLE {online_table(view)} AS SELECT {', '.join(columns)} FROM {_ONLINE_FRAME}")
-        con.execute(
-            f"INSERT OR REPLACE INTO {ONLINE_VIEWS} VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [view.name, online_table(view), as_of.to_pydatetime(), start, end, manifest["feature_version"],
-             len(frame), json.dumps(manifest), datetime.now(timezone.utc)],
-        )
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
+        with storage.transaction(con):
+            storage.replace_table(con, online_table(view), f"SELECT {', '.join(columns)} FROM {_ONLINE_FRAME}")
+            storage.clear(con, ONLINE_VIEWS, view_name=view.name)
+            con.execute(
+                f"INSERT INTO {storage.into(con, ONLINE_VIEWS)} VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [view.name, online_table(view), as_of.to_pydatetime(), start, end, manifest["feature_version"],
+                 len(frame), json.dumps(manifest), datetime.now(timezone.utc)],
+            )
     finally:
         con.unregister(_ONLINE_FRAME)
     return manifest

@@ -26,6 +26,7 @@ import duckdb
 import numpy as np
 import pandas as pd
 
+from factory_assets.feature_store import storage
 from factory_assets.feature_store.contract import RAW_EVENTS, ledger, record_partition
 
 USER_ITEM_DAILY = "user_item_daily"
@@ -51,7 +52,7 @@ DDL: tuple[str, ...] = (
 _CONVERSION = "(event_type = 'purchase' OR (event_type = 'rating' AND value >= $stars))"
 
 _USER_ITEM_SQL = f"""
-INSERT INTO {USER_ITEM_DAILY}
+INSERT INTO {{into}}
 SELECT partition_day, user_id, item_id,
        count(*) FILTER (WHERE event_type = 'view'),
        count(*) FILTER (WHERE event_type = 'add_to_cart'),
@@ -70,7 +71,7 @@ GROUP BY partition_day, user_id, item_id
 """
 
 _ITEM_SQL = f"""
-INSERT INTO {ITEM_DAILY}
+INSERT INTO {{into}}
 SELECT partition_day, item_id, count(DISTINCT user_id), count(DISTINCT user_id) FILTER (WHERE {_CONVERSION}),
        count(*), count(*) FILTER (WHERE {_CONVERSION})
 FROM {RAW_EVENTS} WHERE partition_day = $day
@@ -115,16 +116,11 @@ def build_partition(con: duckdb.DuckDBPyConnection, view: str, day: date) -> tup
         }
     else:
         sql = _ITEM_SQL
-    con.execute("BEGIN TRANSACTION")
-    try:
-        con.execute(f"DELETE FROM {view} WHERE day = ?", [day])
-        con.execute(sql, params)
+    with storage.transaction(con):
+        storage.clear(con, view, day=day)
+        con.execute(sql.format(into=storage.into(con, view)), params)
         rows = con.execute(f"SELECT count(*) FROM {view} WHERE day = ?", [day]).fetchone()[0]
         record_partition(con, view, day, version, rows)
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
     return version, int(rows)
 
 
@@ -259,3 +255,7 @@ _DERIVED_DDL: tuple[str, ...] = (
         row_count BIGINT NOT NULL, manifest VARCHAR NOT NULL, materialized_at TIMESTAMPTZ NOT NULL)""",
 )
 DDL = (*DDL, *_DERIVED_DDL)
+for _table in (USER_ITEM_DAILY, ITEM_DAILY, USER_FEATURES, ITEM_FEATURES):
+    storage.declare(_table, ("day",))
+storage.declare(FEATURE_INPUTS, ("asset", "partition_day"))
+storage.declare(ONLINE_VIEWS, ("view_name",))

@@ -45,7 +45,7 @@ from datetime import date, timedelta
 import duckdb
 import pandas as pd
 
-from factory_assets.feature_store import store
+from factory_assets.feature_store import storage, store
 from factory_assets.feature_store.store import (
     FEATURE_INPUTS,
     ITEM_DAILY,
@@ -207,7 +207,7 @@ def expected_data_version(con: duckdb.DuckDBPyConnection, view_name: str, day: d
 _CONVERSION = store._CONVERSION  # one definition of a conversion for every view  # noqa: SLF001
 
 _USER_FEATURES_SQL = f"""
-INSERT INTO {USER_FEATURES}
+INSERT INTO {{into}}
 SELECT partition_day, user_id, count(*), count(*) FILTER (WHERE {_CONVERSION}), count(DISTINCT item_id),
        coalesce(sum(value) FILTER (WHERE event_type = 'purchase'), 0.0), max(ts)
 FROM {RAW_EVENTS} WHERE partition_day = $day
@@ -215,7 +215,7 @@ GROUP BY partition_day, user_id
 """
 
 _ITEM_FEATURES_SQL = f"""
-INSERT INTO {ITEM_FEATURES}
+INSERT INTO {{into}}
 SELECT $day, item_id, n_users, n_converters, converters_7d, converters_prev_7d,
        (converters_7d - converters_prev_7d) / (converters_prev_7d + 1.0)
 FROM (
@@ -256,20 +256,16 @@ def build_view_partition(con: duckdb.DuckDBPyConnection, view_name: str, day: da
     else:
         sql = _ITEM_FEATURES_SQL
         params = {"day": day, "start": inputs[0][1], "recent_start": day - timedelta(days=ITEM_TREND_DAYS - 1)}
-    con.execute("BEGIN TRANSACTION")
-    try:
-        con.execute(f"DELETE FROM {view.name} WHERE {view.timestamp} = ?", [day])
-        con.execute(sql, params)
+    with storage.transaction(con):
+        storage.clear(con, view.name, **{view.timestamp: day})
+        con.execute(sql.format(into=storage.into(con, view.name)), params)
         rows = con.execute(f"SELECT count(*) FROM {view.name} WHERE {view.timestamp} = ?", [day]).fetchone()[0]
-        con.execute(f"DELETE FROM {FEATURE_INPUTS} WHERE asset = ? AND partition_day = ?", [view.name, day])
+        storage.clear(con, FEATURE_INPUTS, asset=view.name, partition_day=day)
         con.executemany(
-            f"INSERT INTO {FEATURE_INPUTS} VALUES (?, ?, ?, ?, ?)", [[view.name, day, a, d, v] for a, d, v in inputs]
+            f"INSERT INTO {storage.into(con, FEATURE_INPUTS)} VALUES (?, ?, ?, ?, ?)",
+            [[view.name, day, a, d, v] for a, d, v in inputs],
         )
         record_partition(con, view.name, day, version, rows)
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
     return version, int(rows)
 
 

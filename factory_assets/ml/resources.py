@@ -151,13 +151,14 @@ class ModelPolicy(PromotionPolicy):
 
 
 def ml_resources(home: str | None = None, source: str | None = None, registry_url: str | None = None,
-                 **policy) -> dict:
+                 storage: str | None = None, **policy) -> dict:
     """Default instances of every MLOps resource key (``feature_store``, ``registry``, ``artefacts``,
-    ``model_policy``), scoped to ``home`` / ``source`` (None = the environment at run time)."""
+    ``model_policy``), scoped to ``home`` / ``source`` (None = the environment at run time); ``storage``: the
+    warehouse storage the feature store reads (None = what the home holds)."""
     from factory_assets.feature_store.resource import FeatureStoreResource
 
     return {
-        "feature_store": FeatureStoreResource(home=home, source=source),
+        "feature_store": FeatureStoreResource(home=home, source=source, storage=storage),
         "registry": RegistryResource(home=home, source=source, url=registry_url),
         "artefacts": ArtefactStore(home=home, source=source),
         "model_policy": ModelPolicy(**policy),

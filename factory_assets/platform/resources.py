@@ -26,6 +26,24 @@ class HomeScoped(ConfigurableResource):
         default=None, description="simulator | online_retail | movielens | folder; default: FACTORY_SOURCE (at run time)"
     )
 
+    storage: str | None = Field(
+        default=None,
+        description="warehouse storage of a new home: duckdb | parquet; default: FACTORY_STORAGE or duckdb (at run "
+                    "time); a home that holds a warehouse keeps its own",
+    )
+
+    @property
+    def storage_name(self) -> str:
+        """``duckdb`` or ``parquet``: what this home holds, else the configured or ``FACTORY_STORAGE`` choice.
+
+        Raises:
+            SettingsError: an unknown name, or one that differs from what the home already holds.
+        """
+        wanted = self.storage or settings.storage_name()
+        if wanted is not None and wanted not in settings.STORAGE_NAMES:
+            raise settings.SettingsError(f"storage {wanted!r} is not one of {', '.join(settings.STORAGE_NAMES)}")
+        return self.layout.storage(wanted)
+
     @property
     def source_name(self) -> str:
         """The configured source, or ``FACTORY_SOURCE`` (raises ``SettingsError`` for an unknown name)."""

@@ -96,6 +96,47 @@ def executor_name() -> str:
     return name
 
 
+STORAGE_NAMES: tuple[str, ...] = ("duckdb", "parquet")
+
+
+def storage_name() -> str | None:
+    """The warehouse storage a *new* home gets, from ``FACTORY_STORAGE`` (``duckdb`` or ``parquet``), or None when
+    unset (then ``duckdb``).  A home that already holds a warehouse keeps its storage
+    (:mod:`factory_assets.feature_store.storage`); read when a run opens the warehouse.
+
+    Raises:
+        SettingsError (a ValueError): for an unknown name.
+    """
+    name = os.environ.get("FACTORY_STORAGE", "").strip()
+    if not name:
+        return None
+    if name not in STORAGE_NAMES:
+        raise SettingsError(f"FACTORY_STORAGE={name!r} is not one of {', '.join(STORAGE_NAMES)}")
+    return name
+
+
+DEFAULT_PARALLEL_RUNS = 4
+
+
+def parallel_runs() -> int:
+    """How many runs ``factory run --executor multiprocess|celery|k8s`` keeps in flight: ``FACTORY_PARALLEL_RUNS``
+    (default 4; 1..64).
+
+    Raises:
+        SettingsError (a ValueError): for anything else.
+    """
+    raw = os.environ.get("FACTORY_PARALLEL_RUNS", "").strip()
+    if not raw:
+        return DEFAULT_PARALLEL_RUNS
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= 64:
+        raise SettingsError(f"FACTORY_PARALLEL_RUNS={raw!r} is not a whole number of runs in 1..64")
+    return value
+
+
 ALS_GPU_MODES = ("off", "auto", "on")
 
 
@@ -240,8 +281,33 @@ class HomeLayout:
         return self.root / "warehouse.duckdb"
 
     @property
+    def lake(self) -> Path:
+        """The Parquet warehouse (``parquet`` storage, :mod:`factory_assets.feature_store.storage`)."""
+        return self.root / "lake"
+
+    @property
     def artefacts(self) -> Path:
         return self.root / "artefacts"
+
+    def held_storage(self) -> str | None:
+        """The warehouse storage this namespace holds (``duckdb``, ``parquet``), or None before its first write."""
+        if self.warehouse.exists():
+            return "duckdb"
+        if self.lake.is_dir():
+            return "parquet"
+        return None
+
+    def storage(self, wanted: str | None = None) -> str:
+        """The storage to use here: the one the namespace holds, else ``wanted``, else ``duckdb``.
+
+        Raises:
+            SettingsError: ``wanted`` differs from what the namespace holds (nothing is converted).
+        """
+        held = self.held_storage()
+        if held is not None and wanted is not None and held != wanted:
+            raise SettingsError(f"{self.root} holds a {held} warehouse, not {wanted}: use another home for {wanted} "
+                                f"storage, or unset FACTORY_STORAGE to keep this one")
+        return held or wanted or "duckdb"
 
     @property
     def aliases(self) -> Path:

@@ -9,6 +9,7 @@ import duckdb
 import pandas as pd
 import pytest
 
+from factory_assets_tests.helpers import STORAGES, warehouse_connection
 from factory_assets.data import warehouse
 from factory_assets.feature_store import retrieval, store
 from factory_assets.feature_store.retrieval import (
@@ -48,18 +49,14 @@ TIMELINE: dict[date, list[tuple]] = {
 VIEWS = (USER_ITEM_DAILY, ITEM_DAILY, USER_FEATURES, ITEM_FEATURES)
 
 
-@pytest.fixture
-def con(tmp_path):
-    connection = duckdb.connect(str(tmp_path / "w.duckdb"))
-    connection.execute("SET TimeZone='UTC'")
-    warehouse.ensure_schema(connection)
-    store.ensure_schema(connection)
-    for d, rows in TIMELINE.items():
-        warehouse.write_raw_partition(connection, d, events(d, rows), empty_quarantine())
-        for view in VIEWS:
-            build_view_partition(connection, view, d)
-    yield connection
-    connection.close()
+@pytest.fixture(params=STORAGES)
+def con(tmp_path, request):
+    with warehouse_connection(tmp_path, request.param) as connection:
+        for d, rows in TIMELINE.items():
+            warehouse.write_raw_partition(connection, d, events(d, rows), empty_quarantine())
+            for view in VIEWS:
+                build_view_partition(connection, view, d)
+        yield connection
 
 
 def rows(*pairs) -> pd.DataFrame:

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from factory_assets_tests.helpers import STORAGES, warehouse_connection
 from factory_assets.data import warehouse
 from factory_assets.feature_store import store
 from factory_assets.feature_store.store import EVENT_WEIGHTS, ITEM_DAILY, USER_ITEM_DAILY
@@ -46,14 +47,10 @@ DAY2_EVENTS = [
 ]
 
 
-@pytest.fixture
-def con(tmp_path):
-    connection = duckdb.connect(str(tmp_path / "w.duckdb"))
-    connection.execute("SET TimeZone='UTC'")
-    warehouse.ensure_schema(connection)
-    store.ensure_schema(connection)
-    yield connection
-    connection.close()
+@pytest.fixture(params=STORAGES)
+def con(tmp_path, request):
+    with warehouse_connection(tmp_path, request.param) as connection:
+        yield connection
 
 
 def write(con, day: date, rows: list[tuple], quarantined: pd.DataFrame | None = None) -> str:

@@ -10,6 +10,7 @@ import duckdb
 import pandas as pd
 import pytest
 
+from factory_assets_tests.helpers import STORAGES, warehouse_connection
 from factory_assets.data import warehouse
 from factory_assets.feature_store import store, views
 from factory_assets.feature_store.store import ITEM_DAILY, ITEM_FEATURES, USER_FEATURES, USER_ITEM_DAILY
@@ -43,14 +44,10 @@ def ledger_row(con, asset: str, d: date) -> tuple | None:
     ).fetchone()
 
 
-@pytest.fixture
-def con(tmp_path):
-    connection = duckdb.connect(str(tmp_path / "w.duckdb"))
-    connection.execute("SET TimeZone='UTC'")
-    warehouse.ensure_schema(connection)
-    store.ensure_schema(connection)
-    yield connection
-    connection.close()
+@pytest.fixture(params=STORAGES)
+def con(tmp_path, request):
+    with warehouse_connection(tmp_path, request.param) as connection:
+        yield connection
 
 
 # --------------------------------------------------------------------------- registry

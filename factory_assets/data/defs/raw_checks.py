@@ -40,7 +40,8 @@ def run_checks(con: duckdb.DuckDBPyConnection, day: date) -> list[AssetCheckResu
     """Evaluate the four checks on the stored partition ``day``."""
     types = dict(
         con.execute(
-            "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = ? ORDER BY ordinal_position",
+            "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = ? "
+            "AND table_schema = current_schema() ORDER BY ordinal_position",
             [RAW_EVENTS],
         ).fetchall()
     )
