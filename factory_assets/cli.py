@@ -185,7 +185,8 @@ def _run_locked(args, source, path, home, dagster_home, start, end, simulator, c
     from factory_assets.resources import Factory
 
     factory = Factory(home=str(home), source=source, source_path=path or "", simulator=dict(simulator or {}),
-                      policy={"window_days": window_days, "history_days": settings.history_days(source)})
+                      policy={"window_days": window_days, "history_days": settings.history_days(source)},
+                      storage=settings.HomeLayout(home, source).storage(settings.storage_name()))
     run_config = {"resources": factory.run_config(),
                   # Dagster's console logger prints every event at DEBUG: INFO and above unless --verbose
                   "loggers": {"console": {"config": {"log_level": "DEBUG" if getattr(args, "verbose", False) else "INFO"}}}}
@@ -254,6 +255,13 @@ def _run_locked(args, source, path, home, dagster_home, start, end, simulator, c
         context["stopped"] = signal.Signals(signum).name
         _emit(summary_now(context["stopped"], read_registry=False), args.json)
 
+    executor = settings.executor_name()
+    if executor != "in_process":
+        with runguard.StopSignals(on_forced_exit=forced_summary) as stop:
+            _run_parallel(instance, days, train_days, run_config, training_config, runs, trained, context, stop,
+                          {"factory/cli": "run", "factory/executor": executor})
+        return summary_now(context["stopped"])
+
     with runguard.StopSignals(on_forced_exit=forced_summary) as stop:
         try:
             for day in days:
@@ -279,6 +287,48 @@ def _run_locked(args, source, path, home, dagster_home, start, end, simulator, c
         if context["stopped"]:
             log.warning("factory run stopped by %s; rerun the same command to continue", context["stopped"])
     return summary_now(context["stopped"])
+
+
+def _run_parallel(instance, days, train_days, run_config, training_config, runs, trained, context, stop, tags) -> None:
+    """The range with ``execute_job`` and the configured executor (:mod:`factory_assets.distributed`): each ingest
+    phase for every day, ``FACTORY_PARALLEL_RUNS`` runs at once, then one candidate after another.  A failed day
+    stops the range after its phase (as one after another would); SIGTERM/SIGINT launch nothing more and let
+    the runs in flight end."""
+    from factory_assets import distributed
+    from factory_assets.definitions import INGEST_JOB, TRAINING_JOB
+    from factory_assets.platform import runguard
+
+    parallel = settings.parallel_runs()
+
+    def ended(row: dict) -> None:
+        verdict = row.pop("verdict", None)
+        if row["outcome"] == "canceled" and row["run_id"]:  # its pool slots now, not at the next run's reaping
+            runguard.finish_canceled(instance, row["run_id"], f"factory run stopped by {context['stopped']}")
+        runs.append(row)
+        if verdict is not None:
+            trained.append(verdict)
+        text = {"ok": "ok", "gate": "stopped at a blocking gate"}.get(row["outcome"], f"FAILED: {row.get('error')}")
+        log.info("%s %s: %s (run %s)", row["job"], row["partition"], text, row["run_id"])
+
+    def stopped() -> bool:
+        if stop.requested:
+            context["stopped"] = signal.Signals(stop.signum).name
+        return stop.requested
+
+    for phase in distributed.INGEST_PHASES:
+        rows = distributed.run_days(INGEST_JOB, days, run_config, tags, parallel, phase, stopped, ended)
+        if stopped():
+            log.warning("factory run stopped by %s; rerun the same command to continue", context["stopped"])
+            return
+        failed = sorted(r["partition"] for r in rows if r["outcome"] != "ok")
+        if failed:
+            log.error("stopping: daily_ingest failed for %s; later phases and training not run", ", ".join(failed))
+            return
+    for day in train_days:
+        distributed.run_days(TRAINING_JOB, [day], training_config, tags, 1, None, stopped, ended)
+        if stopped():
+            log.warning("factory run stopped by %s; rerun the same command to continue", context["stopped"])
+            return
 
 
 def _outcome(result) -> str:
@@ -374,14 +424,16 @@ def _summary(source, factory, dagster_home, start, end, days, trained, runs, rea
         evaluation["champion"] = last_row.get("champion")  # the champion on the same users, or None
     return {
         "source": source,
-        "warehouse": str(factory.layout.warehouse),
+        "warehouse": str(factory.layout.lake if factory.storage == "parquet" else factory.layout.warehouse),
+        "storage": factory.storage,
         "dagster_home": str(dagster_home),
         "range": {"start": start.isoformat(), "end": end.isoformat()},
         "served_model": None if champion is None else {k: champion[k] for k in ("version", "sha256", "path", "partition_day")},
         "evaluation": evaluation,
         "checks": checks,
         # the days this run materialised: a successful daily_ingest run each (not the whole requested range)
-        "partitions": [r["partition"] for r in runs if r["job"] == INGEST_JOB and r.get("outcome") == "ok"],
+        "partitions": sorted({r["partition"] for r in runs if r["job"] == INGEST_JOB}
+                             - {r["partition"] for r in runs if r["job"] == INGEST_JOB and r.get("outcome") != "ok"}),
         "trained": trained,
         "registry": {"versions": n_versions, "promotions": n_promotions},
         "runs": runs,
@@ -552,6 +604,12 @@ def main(argv: list[str] | None = None) -> int:
     run_p.add_argument("--home", help="FACTORY_HOME (default ./.factory_home)")
     run_p.add_argument("--json", action="store_true", help="print one JSON summary on stdout; logs on stderr")
     run_p.add_argument("--verbose", action="store_true", help="also Dagster's DEBUG events and its storage migrations")
+    run_p.add_argument("--executor", choices=settings.EXECUTOR_NAMES,
+                       help="FACTORY_EXECUTOR for this run (default in_process: one run after another in this process; "
+                            "multiprocess / celery / k8s: FACTORY_PARALLEL_RUNS runs at once through execute_job)")
+    run_p.add_argument("--storage", choices=settings.STORAGE_NAMES,
+                       help="FACTORY_STORAGE of a new home (duckdb: one file; parquet: a file per partition, for "
+                            "parallel writers); a home keeps the storage it holds")
     demo_p = sub.add_parser("demo", help="the adaptation experiment: factory vs static model vs oracle under a shift")
     demo_p.add_argument("--strengths", help="comma-separated shift strengths to sweep, e.g. 0.75,1.5,3 "
                         "(default: the simulator's 1.5 only)")
@@ -619,12 +677,17 @@ def check_settings(source: str | None = None) -> None:
         raise settings.SettingsError(str(exc)) from exc
     settings.als_gpu()
     settings.slot_wait_seconds()
+    settings.storage_name()
+    settings.parallel_runs()
 
 
 def _dispatch(args) -> int:
     from factory_assets.ml import models_cli
     from factory_assets.serving import serve_cli as service_cli
 
+    for flag, variable in (("executor", "FACTORY_EXECUTOR"), ("storage", "FACTORY_STORAGE")):
+        if getattr(args, flag, None):  # read by the definitions (executor) and the resources (storage)
+            os.environ[variable] = getattr(args, flag)
     if args.command in ("run", "demo", "dev"):
         check_settings(getattr(args, "source", None))
     if args.command == "dev":

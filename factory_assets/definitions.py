@@ -44,3 +44,14 @@ defs = Definitions(
     resources={**dataops.RESOURCES, **mlops.RESOURCES},
     executor=executors.executor_for(),  # FACTORY_EXECUTOR: in_process (default) | multiprocess | celery | k8s
 ).map_asset_specs(func=automation.automate)
+
+
+def ingest_job():
+    """``daily_ingest`` as a :func:`dagster.reconstructable` target: a run executed with ``execute_job`` (the
+    multiprocess, Celery and Kubernetes executors) is rebuilt from it in every step's process."""
+    return defs.resolve_job_def(INGEST_JOB)
+
+
+def training_job():
+    """``daily_training`` as a :func:`dagster.reconstructable` target (see :func:`ingest_job`)."""
+    return defs.resolve_job_def(TRAINING_JOB)
