@@ -5,13 +5,12 @@ from __future__ import annotations
 import hashlib
 from datetime import date, datetime, timedelta, timezone
 
-import duckdb
 import pandas as pd
 import pytest
 
 from factory_assets_tests.helpers import STORAGES, warehouse_connection
 from factory_assets.data import warehouse
-from factory_assets.feature_store import retrieval, store
+from factory_assets.feature_store import retrieval
 from factory_assets.feature_store.retrieval import (
     feature_view_version,
     get_online_features,

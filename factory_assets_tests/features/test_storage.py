@@ -3,15 +3,12 @@ and the same data versions as the DuckDB file (``factory_assets.feature_store.st
 
 from __future__ import annotations
 
-import json
-import os
 import subprocess
 import sys
 import textwrap
 from datetime import date, timedelta
 from pathlib import Path
 
-import duckdb
 import pandas as pd
 import pytest
 
