@@ -290,10 +290,10 @@ def _run_locked(args, source, path, home, dagster_home, start, end, simulator, c
 
 
 def _run_parallel(instance, days, train_days, run_config, training_config, runs, trained, context, stop, tags) -> None:
-    """The range with ``execute_job`` and the configured executor (:mod:`factory_assets.distributed`): each ingest
-    phase for every day, ``FACTORY_PARALLEL_RUNS`` runs at once, then one candidate after another.  A failed day
-    stops the range after its phase (as one after another would); SIGTERM/SIGINT launch nothing more and let
-    the runs in flight end."""
+    """The range with ``execute_job`` and the configured executor (:mod:`factory_assets.distributed`): the
+    day-local assets as ``FACTORY_PARALLEL_RUNS`` range runs at once, the look-back assets as one range run,
+    then one candidate after another.  A failed run stops the range after its phase; SIGTERM/SIGINT launch
+    nothing more and cancel the runs in flight (``summary["stopped"]``)."""
     from factory_assets import distributed
     from factory_assets.definitions import INGEST_JOB, TRAINING_JOB
     from factory_assets.platform import runguard
@@ -315,12 +315,13 @@ def _run_parallel(instance, days, train_days, run_config, training_config, runs,
             context["stopped"] = signal.Signals(stop.signum).name
         return stop.requested
 
-    for phase in distributed.INGEST_PHASES:
-        rows = distributed.run_days(INGEST_JOB, days, run_config, tags, parallel, phase, stopped, ended)
+    # day-local assets: a contiguous range per run in flight; look-back assets: one run over the whole range
+    for phase, spans in ((distributed.DAY_LOCAL, distributed.chunks(days, parallel)), (distributed.LOOKBACK, [days])):
+        rows = distributed.run_days(INGEST_JOB, spans, run_config, tags, parallel, phase, stopped, ended)
         if stopped():
             log.warning("factory run stopped by %s; rerun the same command to continue", context["stopped"])
             return
-        failed = sorted(r["partition"] for r in rows if r["outcome"] != "ok")
+        failed = [r["partition"] for r in rows if r["outcome"] != "ok"]
         if failed:
             log.error("stopping: daily_ingest failed for %s; later phases and training not run", ", ".join(failed))
             return
@@ -432,8 +433,9 @@ def _summary(source, factory, dagster_home, start, end, days, trained, runs, rea
         "evaluation": evaluation,
         "checks": checks,
         # the days this run materialised: a successful daily_ingest run each (not the whole requested range)
-        "partitions": sorted({r["partition"] for r in runs if r["job"] == INGEST_JOB}
-                             - {r["partition"] for r in runs if r["job"] == INGEST_JOB and r.get("outcome") != "ok"}),
+        "partitions": sorted({d for r in runs if r["job"] == INGEST_JOB for d in r.get("days", [r["partition"]])}
+                             - {d for r in runs if r["job"] == INGEST_JOB and r.get("outcome") != "ok"
+                                for d in r.get("days", [r["partition"]])}),
         "trained": trained,
         "registry": {"versions": n_versions, "promotions": n_promotions},
         "runs": runs,
