@@ -223,10 +223,21 @@ def connect(url: str) -> Iterator[Connection]:
             longer than :data:`SQLITE_BUSY_TIMEOUT_S`).
     """
     with engine(url).connect() as con:
-        if url not in _SCHEMA_READY:
+        if url not in _SCHEMA_READY or (con.dialect.name == "sqlite" and not _sqlite_schema_present(con)):
             ensure_schema(con)
             _SCHEMA_READY.add(url)
         yield con
+
+
+def _sqlite_schema_present(con: Connection) -> bool:
+    """Every registry table is in the SQLite file (one catalogue query).  A long-lived process (a Celery worker)
+    may see its home deleted and made again under the same path: the per-URL cache alone would then skip the
+    new file's schema."""
+    names = sorted(METADATA.tables)
+    found = con.exec_driver_sql(
+        f"SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name IN ({', '.join('?' for _ in names)})",
+        tuple(names)).scalar()
+    return found == len(names)
 
 
 def ensure_schema(con: Connection) -> None:

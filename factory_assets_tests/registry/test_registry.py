@@ -238,3 +238,17 @@ def test_registry_persists_across_connections(tmp_path, clock):
         registry.ensure_schema(c)
         assert reg(c, 2) == 2
         assert registry.versions(c)["manifest_sha256"].tolist() == ["sha-1", "sha-2"]
+
+
+def test_a_home_deleted_and_made_again_under_the_same_path_gets_its_schema_again(tmp_path):
+    # a long-lived process (a Celery worker) outlives the home it first wrote: its per-URL cache must not skip
+    # the schema of the new file
+    url = f"sqlite:///{tmp_path / 'home' / 'registry.db'}"
+    with registry.connect(url) as con:
+        registry.versions(con)
+    import shutil
+
+    shutil.rmtree(tmp_path / "home")
+    (tmp_path / "home").mkdir()  # as the resource's layout.ensure() makes it again
+    with registry.connect(url) as con:
+        assert registry.versions(con).empty
