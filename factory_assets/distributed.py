@@ -88,18 +88,28 @@ def execute_partition(job_name: str, day: str, run_config: dict, tags: dict, sel
         row = {"job": job_name, "partition": day if len(span) == 1 else f"{day}...{last_day}", "days": span,
                "run_id": result.run_id, "success": result.success, "outcome": cli._outcome(result)}
         if row["outcome"] == "error":
-            row["error"] = cli._failure(result) or _run_failure(instance, result.run_id)
+            row["error"] = (cli._failure(result) if result.get_step_failure_events()
+                            else _run_failure(instance, result.run_id))
         if job_name == definitions.TRAINING_JOB:
             row["verdict"] = cli._verdict(result, date.fromisoformat(day), row)
     return row
 
 
 def _run_failure(instance, run_id: str) -> str:
-    """The run's own failure message (a run that failed outside any step, e.g. its executor could not start)."""
+    """Why a run failed outside any step (its executor could not start, the instance's storage refused a write):
+    the innermost error of its failure event, in one line."""
     from dagster import DagsterEventType
 
     records = instance.get_records_for_run(run_id, of_type=DagsterEventType.RUN_FAILURE).records
-    return records[-1].event_log_entry.message if records else "run failed"
+    if not records:
+        return "the run failed (no failure event; see the Dagster run log)"
+    event = records[-1].event_log_entry.dagster_event
+    error = getattr(event.event_specific_data, "error", None)
+    while error is not None and error.cause is not None:
+        error = error.cause
+    if error is None:
+        return records[-1].event_log_entry.message or "the run failed"
+    return f"run: {error.cls_name}: {(error.message.strip().splitlines() or [''])[0]}"
 
 
 def run_days(job_name: str, days: Sequence[date] | Sequence[Sequence[date]], run_config: dict, tags: dict,

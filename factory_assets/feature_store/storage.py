@@ -93,11 +93,6 @@ def _lake(con: duckdb.DuckDBPyConnection) -> _Lake | None:
     return _LAKES.get(id(con))
 
 
-def is_lake(con: duckdb.DuckDBPyConnection) -> bool:
-    """True for a ``parquet`` storage connection (from :func:`connect_lake`)."""
-    return _lake(con) is not None
-
-
 def into(con: duckdb.DuckDBPyConnection, table: str) -> str:
     """The name an ``INSERT`` into ``table`` must use: ``table`` itself, or its staging table in ``parquet``."""
     lake = _lake(con)
@@ -277,6 +272,7 @@ def _publish(con: duckdb.DuckDBPyConnection, lake: _Lake) -> None:
                 else:
                     moves.append(_partition_file(con, lake, table, keys, values))
         with _publish_lock(lake.path):
+            _recover_locked(lake.path)  # a dead writer's commit goes before ours
             for table, keys, values in merged:  # read the lake's rows of the key now, under the lock
                 moves.append(_partition_file(con, lake, table, keys, values))
             moves.sort(key=lambda move: move[0].is_relative_to(lake.path / _LEDGER))
@@ -311,16 +307,22 @@ def _apply(moves: list[tuple[Path, Path | None]]) -> None:
 
 def _recover(path: Path) -> int:
     """Finish the publishes a killed process left half done (their journals); return how many."""
-    journals = sorted(path.glob(".journal-*.json"))
-    if not journals:
+    if not any(path.glob(".journal-*.json")):
         return 0
     with _publish_lock(path):
-        done = 0
-        for journal in sorted(path.glob(".journal-*.json")):
-            moves = [(Path(f), None if t is None else Path(t)) for f, t in json.loads(journal.read_text("utf-8"))]
-            _apply(moves)
-            journal.unlink()
-            done += 1
+        return _recover_locked(path)
+
+
+def _recover_locked(path: Path) -> int:
+    """:func:`_recover` with the publish lock held.  Journals are written and applied only under that lock, so
+    one found here is a dead writer's, committed before any publish that comes after it: applying it first (at
+    every publish, and at a writer's connection) keeps the order of commits."""
+    done = 0
+    for journal in sorted(path.glob(".journal-*.json")):
+        moves = [(Path(f), None if t is None else Path(t)) for f, t in json.loads(journal.read_text("utf-8"))]
+        _apply(moves)
+        journal.unlink()
+        done += 1
     return done
 
 
