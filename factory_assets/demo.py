@@ -197,8 +197,6 @@ def _round(value) -> float | None:
 
 def evaluate_days(home: Path, config: DemoConfig) -> list[dict]:
     """One row per day from the first served day to ``config.end`` (see the module docstring)."""
-    import duckdb
-
     from factory_assets.platform import settings
 
     sim = config.shop()
@@ -208,8 +206,10 @@ def evaluate_days(home: Path, config: DemoConfig) -> list[dict]:
     layout = settings.HomeLayout(home.resolve(), "simulator")
     with registry.connect(registry.default_url(layout.root)) as reg:
         served = served_models(reg)
-    con = duckdb.connect(str(layout.warehouse), read_only=True)
-    try:
+    from factory_assets.feature_store.resource import FeatureStoreResource
+
+    # read-only, whichever storage the home holds (FACTORY_STORAGE=parquet makes the demo's homes Parquet lakes)
+    with FeatureStoreResource(home=str(layout.home), source=layout.source).connect() as con:
         static = champion_on(served, config.shift_date)
         drift = drift_rows(con)
         rows, previous = [], None
@@ -228,8 +228,6 @@ def evaluate_days(home: Path, config: DemoConfig) -> list[dict]:
             previous = factory.version
             day += timedelta(days=1)
         return rows
-    finally:
-        con.close()
 
 
 def summarise(rows: list[dict], shift_date: date = SHIFT_DATE) -> dict:

@@ -87,6 +87,20 @@ def _is_lock_error(exc: Exception) -> bool:
 
 
 @contextmanager
+def _feature_store(layout: HomeLayout, timeout_s: float) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A read-only connection to the home's feature store: the DuckDB file (:func:`open_warehouse`), or the
+    Parquet lake (never locked)."""
+    if layout.held_storage() == "parquet":
+        from factory_assets.feature_store import storage
+
+        with storage.connect_lake(layout.lake) as con:
+            yield con
+        return
+    with open_warehouse(layout.warehouse, timeout_s=timeout_s) as con:
+        yield con
+
+
+@contextmanager
 def open_warehouse(
     path: Path, read_only: bool = True, timeout_s: float = DEFAULT_LOCK_TIMEOUT_S,
     first_delay_s: float = 0.05, max_delay_s: float = 1.0,
@@ -356,7 +370,7 @@ def show_version(layout: HomeLayout, version: int, timeout_s: float = DEFAULT_LO
     lineage, lineage_error = None, None
     if manifest is not None:
         try:
-            with open_warehouse(layout.warehouse, timeout_s=timeout_s) as wh:
+            with _feature_store(layout, timeout_s) as wh:
                 lineage = _lineage(wh, manifest)
         except CommandError as exc:  # missing or locked warehouse: the lineage only
             lineage_error = str(exc)

@@ -210,3 +210,14 @@ def test_erasure_reaches_undated_quarantine_rows_in_both_storages(tmp_path):
             warehouse.write_raw_partition(con, DAY2, events(DAY2, DAY2_EVENTS), empty_quarantine(), undated)
             assert con.execute("SELECT user_id, source_line FROM raw_events_quarantine WHERE partition_day IS NULL "
                                "ORDER BY 2").fetchall() == [("u1", 7), ("u2", 8)], kind
+
+
+def test_the_models_command_reads_a_parquet_home_without_its_duckdb_file(tmp_path):
+    from factory_assets.ml import models_cli
+
+    layout = HomeLayout(tmp_path, "simulator")
+    with WarehouseResource(home=str(tmp_path), source="simulator", storage="parquet").connect() as con:
+        warehouse.write_raw_partition(con, DAY1, events(DAY1, DAY1_EVENTS), empty_quarantine())
+        expected = ledger(con)
+    with models_cli._feature_store(layout, timeout_s=1) as con:  # lineage of `factory models show`
+        assert ledger(con) == expected and not layout.warehouse.exists()
