@@ -1,6 +1,7 @@
 """``factory``: run the whole factory through Dagster for a date range, or open the UI on its instance.
 
     factory run [--source S] [--path P] [--start D] [--end D] [--backtest] [--home H] [--json] [--verbose]
+                [--executor in_process|multiprocess|celery|k8s] [--storage duckdb|parquet]
     factory dev [dagster dev options...]
     factory serve [--host 127.0.0.1] [--port 8000]   (factory_assets.serving: HTTP recommendations of the champion)
     factory models list | show VERSION | diff A B | rollback [--to VERSION] --reason TEXT   (factory_assets.ml.models_cli)
@@ -16,7 +17,7 @@ SIGTERM, a second run on the same home, an unwritable home) are handled by :mod:
 
 With ``--json`` standard output is exactly one JSON document (logs go to standard error)::
 
-    {"source", "warehouse", "dagster_home", "range": {"start", "end"},
+    {"source", "warehouse", "storage", "dagster_home", "range": {"start", "end"},
      "served_model": {"version", "sha256", "path", "partition_day"} | null,
      "evaluation": {"model": {...}, "baselines": {"popularity": {...}, "repeat": {...}}, "references": {...},
                     "segments": [...], "champion": {...} | null},
@@ -29,7 +30,9 @@ With ``--json`` standard output is exactly one JSON document (logs go to standar
      "elapsed_s"}
 
 ``evaluation`` and ``checks`` describe the last day's candidate; ``served_model`` (with ``partition_day``) is
-the champion at the end.  A refused input prints ``{"error": "..."}`` instead (exit status 2).  Exit status
+the champion at the end.  With ``--executor`` other than ``in_process`` the runs go through that executor, several
+at once (:mod:`factory_assets.distributed`): a ``runs`` row may then cover a range of days (``"partition":
+"D1...D2"``, ``"days"``).  A refused input prints ``{"error": "..."}`` instead (exit status 2).  Exit status
 (:func:`exit_code`): 0 when every run succeeded or stopped at a failed blocking gate and a model is served, 1 on
 an error, 2 on refused input, 128 + the signal after SIGTERM/SIGINT.
 """
