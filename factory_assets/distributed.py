@@ -20,11 +20,15 @@ once per day.  Candidates are trained one day after another: each is gated again
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import multiprocessing
 import os
 import signal
 import socket
+import sys
+import threading
+import time
 import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -112,6 +116,28 @@ def _run_failure(instance, run_id: str) -> str:
     return f"run: {error.cls_name}: {(error.message.strip().splitlines() or [''])[0]}"
 
 
+ORPHAN_GRACE_S = 30.0  # a launcher outliving its factory run: time for Dagster to cancel its run, then exit
+
+
+def _stop_with_parent(parent_pid: int) -> None:
+    """Launcher start-up: when the launching ``factory run`` dies, even by SIGKILL, the run in flight is canceled
+    (SIGINT, Linux's ``PR_SET_PDEATHSIG``) instead of writing on outside the home's lock, and the launcher exits
+    :data:`ORPHAN_GRACE_S` seconds later (an idle pool process would otherwise wait for work forever: its
+    siblings keep the task pipe open)."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGINT)  # 1 = PR_SET_PDEATHSIG
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(1.0)
+        if not sys.platform.startswith("linux"):
+            os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(ORPHAN_GRACE_S)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="factory-launcher-orphan-watch", daemon=True).start()
+
+
 def run_days(job_name: str, days: Sequence[date] | Sequence[Sequence[date]], run_config: dict, tags: dict,
              parallel: int, selection: Sequence[str] | None = None, stopped: Callable[[], bool] = lambda: False,
              on_row: Callable[[dict], None] = lambda row: None) -> list[dict]:
@@ -128,7 +154,8 @@ def run_days(job_name: str, days: Sequence[date] | Sequence[Sequence[date]], run
     pending = [list(d) if isinstance(d, (list, tuple)) else [d] for d in days]
     context = multiprocessing.get_context("spawn")
     interrupted = False
-    with ProcessPoolExecutor(max_workers=max(1, min(parallel, len(days))), mp_context=context) as pool:
+    with ProcessPoolExecutor(max_workers=max(1, min(parallel, len(days))), mp_context=context,
+                             initializer=_stop_with_parent, initargs=(os.getpid(),)) as pool:
         running: dict[Future, list[date]] = {}
         while pending or running:
             while pending and len(running) < parallel and not stopped():
