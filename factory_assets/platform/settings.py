@@ -306,7 +306,7 @@ class HomeLayout:
         held = self.held_storage()
         if held is not None and wanted is not None and held != wanted:
             raise SettingsError(f"{self.root} holds a {held} warehouse, not {wanted}: use another home for {wanted} "
-                                f"storage, or unset FACTORY_STORAGE to keep this one")
+                                f"storage, or drop --storage / unset FACTORY_STORAGE to keep this one")
         return held or wanted or "duckdb"
 
     @property
