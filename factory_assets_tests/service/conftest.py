@@ -7,6 +7,11 @@ import warnings
 from dataclasses import replace
 from pathlib import Path
 
+# anyio's pytest plugin marks anyio for pytest's assertion rewriting, so a module of it imported for the first time
+# inside the TestClient's request thread is compiled there, while other threads compile too; CPython 3.11.7 can
+# then fail with "SystemError: AST constructor recursion depth mismatch" (seen once in CI, serving static files).
+# Import the lazily loaded file module here, in the main thread, once.
+import anyio._core._fileio  # noqa: F401,E402
 import numpy as np
 import pytest
 import scipy.sparse as sp
