@@ -2,6 +2,7 @@
 
     python benchmarks/scale.py [--json OUT] [--plot PNG] [--sizes 100000,1000000,3000000,10000000]
                                [--model default|fixed] [--gpu] [--timeout 3600]
+    python benchmarks/scale.py --cluster .cluster/env [--cluster-events 100000] [--json OUT]
 
 For each size: a FACTORY_HOME with 28 days of simulated history (the window) and a champion trained on its last
 day (prepared once through the library's writers and cached in ``$FACTORY_BENCH_CACHE``, see
@@ -22,7 +23,15 @@ gates inside ``candidate_model``; ``promotion_s`` = ``served_model`` and its che
 
 ``--gpu``: also fit the last size's window with implicit's ALS on the CPU and, when ``implicit.gpu.HAS_CUDA``,
 on CUDA (same matrix, factors and iterations), recording both times and their ratio; without a GPU it records
-why not.  ``cluster`` is null: no distributed run is measured by this script yet.
+why not.
+
+``--cluster ENV_FILE`` (the env file of ``deploy/local-cluster/up``): a 28-day backfill (``factory run`` of 28
+days: every raw and feature partition, then the one candidate with a full window) at ``--cluster-events``
+events/day, three times on fresh homes: in process on the DuckDB file (the default), in process on the Parquet
+storage, and on the cluster (``--executor celery``, Parquet storage, ``FACTORY_PARALLEL_RUNS`` runs in flight).
+``cluster`` = ``{"workers", "in_process_s", "in_process_parquet_s", "cluster_s", "speedup"}`` with ``speedup =
+in_process_s / cluster_s``, plus the served model's sha256 of each (equal: the same model).  Without
+``--sizes`` only the cluster is measured and an existing ``--json`` file keeps its ``sizes`` and ``targets``.
 
 Targets (2 cores): 1M events/day with the default model in <= 60 s; 10M completes with peak RSS <= 8 GiB;
 ``wall_s`` at 10M <= 10 x at 1M.  Not part of the test suite.
@@ -91,6 +100,73 @@ def measure(events: int, cache: Path, candidate: dict, timeout: float) -> dict:
         "prepare_s": round(prep_s, 1),
     }
     return row
+
+
+CLUSTER_DAYS = 28
+
+_CLUSTER_RUN = """
+import argparse, json, sys
+from factory_assets import cli
+args = argparse.Namespace(command="run", source="simulator", path=None, start=sys.argv[1], end=sys.argv[2],
+                          backtest=False, home=sys.argv[3], json=True, verbose=False)
+cli.check_settings("simulator")
+print(json.dumps(cli.run(args, simulator=json.loads(sys.argv[4])), default=str))
+"""
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """``export NAME=value`` lines of the cluster's env file."""
+    env = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.startswith("export ") and "=" in line:
+            name, value = line[len("export "):].split("=", 1)
+            env[name] = value
+    return env
+
+
+def cluster_speedup(env_file: Path, events: int, work: Path, timeout: float) -> dict:
+    """The 28-day backfill in process (DuckDB file, then Parquet) and on the cluster; wall seconds each."""
+    import json
+    import os
+    import shutil
+    import subprocess
+
+    cluster = read_env_file(env_file)
+    shop = scaled_shop(events)
+    start = c.FIRST_DAY
+    end = start + timedelta(days=CLUSTER_DAYS - 1)
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("DAGSTER_", "FACTORY_"))}
+    base |= {"OPENBLAS_NUM_THREADS": "1", "FACTORY_WINDOW_DAYS": str(WINDOW)}
+    modes = {
+        "in_process": {**base, "FACTORY_STORAGE": "duckdb"},
+        "in_process_parquet": {**base, "FACTORY_STORAGE": "parquet"},
+        "cluster": {**base, **cluster, "FACTORY_STORAGE": "parquet", "FACTORY_EXECUTOR": "celery"},
+    }
+    out: dict = {"workers": int(cluster.get("FACTORY_CLUSTER_WORKERS", 0)), "events_per_day": events,
+                 "days": CLUSTER_DAYS, "n_users": shop["n_users"], "n_items": shop["n_items"],
+                 "parallel_runs": int(os.environ.get("FACTORY_PARALLEL_RUNS", 4))}
+    for mode, env in modes.items():
+        home = work / mode
+        shutil.rmtree(home, ignore_errors=True)
+        env = {**env, "FACTORY_HOME": str(home)}
+        t = time.perf_counter()
+        done = subprocess.run([sys.executable, "-c", _CLUSTER_RUN, start.isoformat(), end.isoformat(), str(home),
+                               json.dumps(shop)], env=env, capture_output=True, text=True, timeout=timeout)
+        wall = time.perf_counter() - t
+        if done.returncode != 0:
+            raise RuntimeError(f"{mode}: exit {done.returncode}: {done.stderr.strip().splitlines()[-1:]}")
+        summary = json.loads(done.stdout.strip().splitlines()[-1])
+        failed = [r for r in summary["runs"] if r["outcome"] not in ("ok", "gate")]
+        if failed:
+            raise RuntimeError(f"{mode}: {len(failed)} runs failed, first: {failed[0]}")
+        out[f"{mode}_s"] = round(wall, 1)
+        out[f"{mode}_runs"] = len(summary["runs"])
+        out[f"{mode}_served_sha256"] = (summary["served_model"] or {}).get("sha256")
+        print(f"cluster benchmark: {mode}: {wall:.1f} s, {len(summary['runs'])} runs", flush=True)
+    out["speedup"] = round(out["in_process_s"] / out["cluster_s"], 2)
+    out["speedup_over_parquet_in_process"] = round(out["in_process_parquet_s"] / out["cluster_s"], 2)
+    out["same_model"] = len({out[f"{m}_served_sha256"] for m in modes}) == 1
+    return out
 
 
 def gpu_ratio(events: int, cache: Path) -> dict:
@@ -163,16 +239,25 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--json")
     p.add_argument("--plot", help="write the cost plot (PNG) here")
-    p.add_argument("--sizes", default=",".join(str(s) for s in DEFAULT_SIZES), help="events/day, comma separated")
+    p.add_argument("--sizes", help="events/day, comma separated (default: "
+                   f"{','.join(str(s) for s in DEFAULT_SIZES)}; none when only --cluster is asked)")
     p.add_argument("--model", choices=("default", "fixed"), default="default")
     p.add_argument("--gpu", action="store_true", help="also time ALS on CUDA vs CPU on the largest size's window")
     p.add_argument("--timeout", type=float, default=3600, help="seconds one measured cycle may take")
+    p.add_argument("--cluster", metavar="ENV_FILE", help="also measure the 28-day backfill on the local cluster "
+                   "whose env file this is (deploy/local-cluster/up writes .cluster/env)")
+    p.add_argument("--cluster-events", type=int, default=100_000, help="events/day of the cluster benchmark")
     args = p.parse_args(argv)
+    if args.cluster and not Path(args.cluster).is_file():
+        p.error(f"--cluster: no env file at {args.cluster} (run deploy/local-cluster/up)")
+    if args.cluster and args.cluster_events < 1000:
+        p.error(f"--cluster-events: at least 1000 events/day, got {args.cluster_events}")
+    sizes_text = args.sizes if args.sizes is not None else ("" if args.cluster else ",".join(map(str, DEFAULT_SIZES)))
     try:
-        sizes = [int(float(s)) for s in args.sizes.split(",") if s.strip()]
+        sizes = [int(float(s)) for s in sizes_text.split(",") if s.strip()]
     except ValueError:
         p.error(f"--sizes: events/day as numbers separated by commas, got {args.sizes!r}")
-    if not sizes or min(sizes) < 1000:
+    if (not sizes and not args.cluster) or (sizes and min(sizes) < 1000):
         p.error(f"--sizes: at least one size, each >= 1000 events/day, got {args.sizes!r}")
     candidate = {} if args.model == "default" else dict(c.FIXED_CANDIDATE)
     cache = c.default_cache()
@@ -207,13 +292,24 @@ def main(argv: list[str] | None = None) -> int:
         print(f"target {name}: {t['figure']} vs {t['target']}: {'pass' if t['pass'] else 'MISS'}")
     payload = {"sizes": rows, "cluster": None, "targets": targets, "model": args.model,
                "candidate": candidate, "machine": machine}
+    if not sizes and args.json and Path(args.json).is_file():  # only the cluster measured: keep the sizes
+        import json
+
+        payload = {**json.loads(Path(args.json).read_text()), "machine": machine}
+    if args.cluster:
+        payload["cluster"] = cluster_speedup(Path(args.cluster), args.cluster_events, cache / "cluster", args.timeout)
+        cl = payload["cluster"]
+        c.print_table([{"mode": m, "wall_s": cl[f"{m}_s"], "runs": cl[f"{m}_runs"]}
+                       for m in ("in_process", "in_process_parquet", "cluster")],
+                      f"{CLUSTER_DAYS}-day backfill at {cl['events_per_day']} events/day, {cl['workers']} Celery workers")
+        print(f"cluster speed-up over in-process: {cl['speedup']}x (same model: {cl['same_model']})")
     if args.gpu:
         payload["gpu"] = gpu_ratio(max(by) if by else sizes[-1], cache)
         print(f"gpu: {payload['gpu']}")
     if args.plot:
         plot(rows, Path(args.plot))
     c.write_json(args.json, payload)
-    return 0 if all(r.get("success") for r in rows) else 1
+    return 0 if all(r.get("success") for r in rows) else 1  # (a failed cluster run raises: exit 1)
 
 
 if __name__ == "__main__":
