@@ -125,16 +125,7 @@ def parallel_runs() -> int:
     Raises:
         SettingsError (a ValueError): for anything else.
     """
-    raw = os.environ.get("FACTORY_PARALLEL_RUNS", "").strip()
-    if not raw:
-        return DEFAULT_PARALLEL_RUNS
-    try:
-        value = int(raw)
-    except ValueError:
-        value = 0
-    if not 1 <= value <= 64:
-        raise SettingsError(f"FACTORY_PARALLEL_RUNS={raw!r} is not a whole number of runs in 1..64")
-    return value
+    return _whole("FACTORY_PARALLEL_RUNS", DEFAULT_PARALLEL_RUNS, 64, "runs")
 
 
 ALS_GPU_MODES = ("off", "auto", "on")
@@ -367,7 +358,12 @@ def dagster_home(home: Path | None = None) -> Path:
     return path
 
 
-def _seconds(name: str, default: int) -> int:
+def _whole(name: str, default: int, high: int, unit: str) -> int:
+    """``name`` from the environment as a whole number in ``1..high`` (``default`` when unset or blank).
+
+    Raises:
+        SettingsError: naming the variable, its value and the range.
+    """
     raw = os.environ.get(name, "").strip()
     if not raw:
         return default
@@ -375,9 +371,13 @@ def _seconds(name: str, default: int) -> int:
         value = int(raw)
     except ValueError:
         value = 0
-    if not 1 <= value <= 86400:
-        raise SettingsError(f"{name}={raw!r} is not a whole number of seconds in 1..86400")
+    if not 1 <= value <= high:
+        raise SettingsError(f"{name}={raw!r} is not a whole number of {unit} in 1..{high}")
     return value
+
+
+def _seconds(name: str, default: int) -> int:
+    return _whole(name, default, 86400, "seconds")
 
 
 def automation_interval_s() -> int:
