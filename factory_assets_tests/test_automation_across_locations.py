@@ -91,7 +91,9 @@ def test_a_feature_partition_from_the_dataops_location_triggers_the_mlops_candid
     # later ticks never request the served model past the failed gate, nor anything else of the day again
     for minutes in (10, 15, 60):
         assert ml.tick(NOW + timedelta(minutes=minutes)) == {}
-    assert data.tick(NOW + timedelta(minutes=10)) == {}
+    # the DataOps location requests nothing of the day either: only its unpartitioned intraday refresh, on that
+    # refresh's own quarter-hour cron (00:30 has passed)
+    assert data.tick(NOW + timedelta(minutes=10)) == {"intraday_features": {None}}
 
     # the next day's features land: the MLOps location trains again, and this time the gates pass
     tomorrow = LATEST + timedelta(days=1)

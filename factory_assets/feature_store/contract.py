@@ -16,6 +16,11 @@ Named, versioned views (DuckDB tables in the warehouse, one partition per UTC da
 ``behaviour_drift_history`` the drift monitor's verdict per day (``partition_day``, ``drifted``, metrics)
 ``partition_ledger``        one row per written partition: ``asset``, ``partition_day``, ``data_version`` (hex
                             sha256 of the partition's content or inputs), ``row_count``, ``written_at`` (UTC)
+``item_categories``         the source's item catalogue: ``item_id``, ``category`` (absent: no categories)
+``intraday_user_item``      today so far (the intraday path, :mod:`factory_assets.data.intraday`): the
+``intraday_item``           ``user_item_daily`` / ``item_daily`` rows of the events with ``ts <`` its ``as_of``
+``intraday_status``         one row: ``day``, ``as_of`` (UTC), ``n_events``, ``data_version``, the category
+                            drift of today so far against yesterday (``psi_categories``, ``drifted``)
 ==========================  ==============================================================================
 
 The ledger is how a reader tells a complete, empty day (``row_count = 0``) from a missing one (no row), and
@@ -34,7 +39,7 @@ from factory_assets.feature_store import storage
 
 from factory_assets.platform.keys import (  # noqa: F401 (the contract's names)
     BEHAVIOUR_DRIFT,
-    DATA_KEYS,
+    DAILY_DATA_KEYS,
     ITEM_DAILY,
     ITEM_FEATURES,
     ONLINE_FEATURES,
@@ -45,8 +50,10 @@ from factory_assets.platform.keys import (  # noqa: F401 (the contract's names)
 
 CONTRACT_VERSION = "1"  # bump when a table, column or data-version rule below changes meaning
 
-# Asset keys (and table names) of what the DataOps location materialises: one spelling, in platform.keys.
-DATA_ASSET_KEYS: tuple[str, ...] = DATA_KEYS
+# Asset keys (and table names) of the daily partitions the DataOps location materialises: one spelling, in
+# platform.keys.  (Its unpartitioned ``intraday_features`` is not among them: the MLOps location declares it on its
+# own, unpartitioned, for ``live_state``, which reads its tables, ``intraday_*`` below.)
+DATA_ASSET_KEYS: tuple[str, ...] = DAILY_DATA_KEYS
 DATA_ASSET_GROUPS: Mapping[str, str] = {  # group names as the DataOps location shows them
     RAW_EVENTS: "raw", USER_ITEM_DAILY: "features", ITEM_DAILY: "features", USER_FEATURES: "features",
     ITEM_FEATURES: "features", ONLINE_FEATURES: "features", BEHAVIOUR_DRIFT: "monitoring",
@@ -56,6 +63,11 @@ DATA_ASSET_GROUPS: Mapping[str, str] = {  # group names as the DataOps location 
 LEDGER = "partition_ledger"
 DRIFT_HISTORY = "behaviour_drift_history"
 ERASURE_LOG = "erasure_log"  # one row per right-to-erasure request: ``days`` = comma-separated ISO days it changed
+ITEM_CATEGORIES = "item_categories"
+INTRADAY_EVENTS = "intraday_events"  # the intraday path's staging copy of today's events (raw_events' columns)
+INTRADAY_USER_ITEM = "intraday_user_item"
+INTRADAY_ITEM = "intraday_item"
+INTRADAY_STATUS = "intraday_status"
 
 LEDGER_DDL = f"""CREATE TABLE IF NOT EXISTS {LEDGER} (
         asset VARCHAR NOT NULL, partition_day DATE NOT NULL, data_version VARCHAR NOT NULL,
@@ -160,3 +172,39 @@ def regime_start(con: duckdb.DuckDBPyConnection, start: date, end: date) -> date
         f"SELECT partition_day, drifted FROM {DRIFT_HISTORY} WHERE partition_day BETWEEN ? AND ?", [start, end]
     ).fetchall()
     return change_point({day: bool(flag) for day, flag in rows}, start, end)
+
+
+def table_exists(con: duckdb.DuckDBPyConnection, table: str) -> bool:
+    """True when ``table`` (a name from code) exists in the warehouse."""
+    return bool(con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [table]).fetchone()[0])
+
+
+def read_item_categories(con: duckdb.DuckDBPyConnection) -> pd.Series | None:
+    """item id -> category (both str, sorted by item id), or None when the source has no categories."""
+    if not table_exists(con, ITEM_CATEGORIES):
+        return None
+    frame = con.execute(f"SELECT item_id, category FROM {ITEM_CATEGORIES} ORDER BY item_id").df()
+    return None if frame.empty else pd.Series(frame["category"].astype(str).to_numpy(), index=frame["item_id"].astype(str).to_numpy())
+
+
+def read_intraday(con: duckdb.DuckDBPyConnection) -> tuple[dict, pd.DataFrame] | None:
+    """The intraday path's latest state: ``(status, rows)`` or None when it never ran.
+
+    ``status``: ``day`` (date), ``as_of`` (UTC datetime: rows hold the events before it), ``n_events``,
+    ``data_version``, ``psi_categories`` (float or None), ``drifted`` (bool); ``rows``: ``intraday_user_item``
+    (``user_item_daily``'s columns, ``day`` as ``datetime.date``).
+    """
+    if not table_exists(con, INTRADAY_STATUS):
+        return None
+    status = con.execute(f"SELECT * FROM {INTRADAY_STATUS}").df()
+    if status.empty:
+        return None
+    row = status.iloc[0].to_dict()
+    row["day"] = pd.Timestamp(row["day"]).date()
+    row["as_of"] = pd.Timestamp(row["as_of"]).tz_convert("UTC").to_pydatetime()
+    row["psi_categories"] = None if pd.isna(row["psi_categories"]) else float(row["psi_categories"])
+    row["drifted"] = bool(row["drifted"])
+    row["n_events"] = int(row["n_events"])
+    rows = con.execute(f"SELECT * FROM {INTRADAY_USER_ITEM} ORDER BY user_id, item_id").df()
+    rows["day"] = pd.to_datetime(rows["day"]).dt.date
+    return row, rows

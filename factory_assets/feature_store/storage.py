@@ -42,7 +42,7 @@ import os
 import re
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
@@ -166,18 +166,19 @@ def delete_where(con: duckdb.DuckDBPyConnection, table: str, where: str, params:
     return int(count)
 
 
-def replace_table(con: duckdb.DuckDBPyConnection, table: str, select_sql: str, params: Sequence = ()) -> None:
-    """``CREATE OR REPLACE TABLE table AS select_sql``; in ``parquet`` the table is one whole-table file,
-    replaced on commit (must run inside :func:`transaction`)."""
+def replace_table(con: duckdb.DuckDBPyConnection, table: str, select_sql: str, params: Sequence | Mapping = ()) -> None:
+    """``CREATE OR REPLACE TABLE table AS select_sql`` (``params``: positional, or a mapping of named ones); in
+    ``parquet`` the table is one whole-table file, replaced on commit (must run inside :func:`transaction`)."""
     lake = _lake(con)
+    params = dict(params) if isinstance(params, Mapping) else list(params)
     if lake is None:
-        con.execute(f"CREATE OR REPLACE TABLE {table} AS {select_sql}", list(params))
+        con.execute(f"CREATE OR REPLACE TABLE {table} AS {select_sql}", params)
         return
     if lake.depth == 0:
         raise RuntimeError(f"replace_table({table}) outside storage.transaction()")
     if lake.tables.get(table, _WHOLE) != _WHOLE:
         raise KeyError(f"{table} is a partitioned table, not a whole-table snapshot")
-    con.execute(f"CREATE OR REPLACE TABLE {STAGE}.{table} AS {select_sql}", list(params))
+    con.execute(f"CREATE OR REPLACE TABLE {STAGE}.{table} AS {select_sql}", params)
     lake.tables[table] = _WHOLE
     lake.whole.add(table)
     con.execute(f"CREATE OR REPLACE VIEW {table} AS SELECT * FROM {STAGE}.{table}")

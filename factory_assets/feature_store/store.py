@@ -20,7 +20,7 @@ when a model reads a window ending on its own ``as_of`` day.  A partition's data
 from __future__ import annotations
 
 import hashlib
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 
 import duckdb
 import numpy as np
@@ -52,29 +52,28 @@ DDL: tuple[str, ...] = (
 _CONVERSION = "(event_type = 'purchase' OR (event_type = 'rating' AND value >= $stars))"
 
 _USER_ITEM_SQL = f"""
-INSERT INTO {{into}}
-SELECT partition_day, user_id, item_id,
-       count(*) FILTER (WHERE event_type = 'view'),
-       count(*) FILTER (WHERE event_type = 'add_to_cart'),
-       count(*) FILTER (WHERE {_CONVERSION}),
-       count(*) FILTER (WHERE event_type = 'return'),
-       coalesce(sum(quantity) FILTER (WHERE {_CONVERSION}), 0),
-       coalesce(sum(value) FILTER (WHERE event_type = 'purchase'), 0.0),
-       sum(CASE event_type WHEN 'view' THEN $w_view WHEN 'add_to_cart' THEN $w_cart
+SELECT partition_day AS day, user_id, item_id,
+       CAST(count(*) FILTER (WHERE event_type = 'view') AS BIGINT) AS n_views,
+       CAST(count(*) FILTER (WHERE event_type = 'add_to_cart') AS BIGINT) AS n_carts,
+       CAST(count(*) FILTER (WHERE {_CONVERSION}) AS BIGINT) AS n_conversions,
+       CAST(count(*) FILTER (WHERE event_type = 'return') AS BIGINT) AS n_returns,
+       CAST(coalesce(sum(quantity) FILTER (WHERE {_CONVERSION}), 0) AS BIGINT) AS quantity,
+       CAST(coalesce(sum(value) FILTER (WHERE event_type = 'purchase'), 0.0) AS DOUBLE) AS value,
+       CAST(sum(CASE event_type WHEN 'view' THEN $w_view WHEN 'add_to_cart' THEN $w_cart
                 WHEN 'purchase' THEN $w_purchase WHEN 'return' THEN $w_return
                 WHEN 'rating' THEN CASE WHEN value >= $stars THEN $w_rating_pos ELSE $w_rating_other END
-                ELSE 0.0 END),
-       max(ts),
-       max(ts) FILTER (WHERE event_type = 'purchase')
-FROM {RAW_EVENTS} WHERE partition_day = $day
+                ELSE 0.0 END) AS DOUBLE) AS weight,
+       max(ts) AS last_ts,
+       max(ts) FILTER (WHERE event_type = 'purchase') AS last_purchase_ts
+FROM {{source}} WHERE partition_day = $day{{until}}
 GROUP BY partition_day, user_id, item_id
 """
 
 _ITEM_SQL = f"""
-INSERT INTO {{into}}
-SELECT partition_day, item_id, count(DISTINCT user_id), count(DISTINCT user_id) FILTER (WHERE {_CONVERSION}),
-       count(*), count(*) FILTER (WHERE {_CONVERSION})
-FROM {RAW_EVENTS} WHERE partition_day = $day
+SELECT partition_day AS day, item_id, CAST(count(DISTINCT user_id) AS BIGINT) AS n_users,
+       CAST(count(DISTINCT user_id) FILTER (WHERE {_CONVERSION}) AS BIGINT) AS n_converters,
+       CAST(count(*) AS BIGINT) AS n_events, CAST(count(*) FILTER (WHERE {_CONVERSION}) AS BIGINT) AS n_conversions
+FROM {{source}} WHERE partition_day = $day{{until}}
 GROUP BY partition_day, item_id
 """
 
@@ -106,6 +105,25 @@ def build_partition(con: duckdb.DuckDBPyConnection, view: str, day: date) -> tup
     if raw.empty:
         raise LookupError(f"raw_events partition {day.isoformat()} is missing; materialise it first")
     version = feature_data_version(view, str(raw["data_version"].iloc[0]))
+    with storage.transaction(con):
+        storage.clear(con, view, day=day)
+        insert_view_rows(con, view, storage.into(con, view), RAW_EVENTS, day)
+        rows = con.execute(f"SELECT count(*) FROM {view} WHERE day = ?", [day]).fetchone()[0]
+        record_partition(con, view, day, version, rows)
+    return version, int(rows)
+
+
+def view_rows_sql(view: str, source: str, day: date, until: datetime | None = None) -> tuple[str, dict]:
+    """``(SELECT sql, named parameters)`` of the rows of ``view`` (``user_item_daily`` or ``item_daily``) computed
+    from the events of ``source`` (a table with ``raw_events``' columns) in partition ``day``, only those with
+    ``ts < until`` when given: the one SQL of a daily partition and of the intraday path (``data.intraday``), so the
+    two cannot compute a feature differently.  ``source`` is an identifier from code, never user input.
+
+    Raises:
+        ValueError: for another view.
+    """
+    if view not in (USER_ITEM_DAILY, ITEM_DAILY):
+        raise ValueError(f"unknown feature view {view!r}")
     params: dict[str, object] = {"day": day, "stars": RATING_POSITIVE_STARS}
     if view == USER_ITEM_DAILY:
         sql = _USER_ITEM_SQL
@@ -116,12 +134,15 @@ def build_partition(con: duckdb.DuckDBPyConnection, view: str, day: date) -> tup
         }
     else:
         sql = _ITEM_SQL
-    with storage.transaction(con):
-        storage.clear(con, view, day=day)
-        con.execute(sql.format(into=storage.into(con, view)), params)
-        rows = con.execute(f"SELECT count(*) FROM {view} WHERE day = ?", [day]).fetchone()[0]
-        record_partition(con, view, day, version, rows)
-    return version, int(rows)
+    if until is not None:
+        params["until"] = until
+    return sql.format(source=source, until="" if until is None else " AND ts < $until"), params
+
+
+def insert_view_rows(con: duckdb.DuckDBPyConnection, view: str, into: str, source: str, day: date) -> None:
+    """``INSERT INTO into`` the rows of ``view`` of ``day`` from ``source`` (:func:`view_rows_sql`)."""
+    sql, params = view_rows_sql(view, source, day)
+    con.execute(f"INSERT INTO {into} {sql}", params)
 
 
 def read_window(con: duckdb.DuckDBPyConnection, start: date, end: date) -> pd.DataFrame:

@@ -47,6 +47,8 @@ Named pieces (each is a labelled node in the UI's automation-condition tree)
 ``DRIFT_RETRAIN``         ``behaviour_drift`` of the day newly updated with its ``drift_within_threshold`` check
                           failed: an early-retrain trigger of ``candidate_model``
 ``DRIFT_PENDING``         ``behaviour_drift`` of the day requested this tick or in progress: the candidate waits
+``INTRADAY_REFRESH``      ``AutomationCondition.on_cron(INTRADAY_CRON)`` and not in progress: ``intraday_features``
+                          (not partitioned, no dependencies) every quarter of an hour
 
 Drift and the early retrain
 ---------------------------
@@ -64,6 +66,7 @@ Freshness (``FreshnessPolicy.time_window`` / ``FreshnessPolicy.cron``)
 ``SERVED_FRESHNESS``  ``served_model``, stricter: the champion pointer must have been refreshed since 00:00 UTC
                       by 03:00 UTC every day (cron deadline ``0 3 * * *``, lower bound 3 h); a day whose
                       candidate is rejected leaves it stale, which is worth an alert.
+``INTRADAY_FRESHNESS`` ``intraday_features``: warn after 30 min (a refresh missed), fail after 1 h (three missed).
 
 Environment: ``FACTORY_AUTOMATION_INTERVAL_S`` (default 30) sets how often the automation sensor evaluates.
 """
@@ -88,6 +91,7 @@ from factory_assets.platform.keys import (
     ADAPTATION_DEMO,
     BEHAVIOUR_DRIFT,
     CANDIDATE_MODEL,
+    INTRADAY_FEATURES,
     ITEM_DAILY,
     RAW_EVENTS,
     SERVED_MODEL,
@@ -98,6 +102,7 @@ from factory_assets.platform.partitions import WINDOW_DAYS
 
 AUTOMATION_SENSOR = "factory_automation"
 RAW_CRON = "15 0 * * *"  # 00:15 UTC: a quarter of an hour after the UTC day closes, for late events
+INTRADAY_CRON = "*/15 * * * *"  # the intraday path's refresh: today's events so far, every quarter of an hour (UTC)
 LOOKBACK_DAYS = WINDOW_DAYS + 7
 AUTOMATION_INTERVAL_S = settings.automation_interval_s()
 AUTOMATION_RUN_TAGS = {"factory/launched_by": "automation"}
@@ -186,6 +191,12 @@ SERVED_CONDITION = _guarded(
     LATEST_DAY & NEW_INPUT.since_last_handled(), *_SAME_DAY_GUARDS,
     label="served: eager on a candidate whose gates passed",
 )
+# on_cron: the cron tick passed since last handled (never on the first evaluation) and every dependency updated
+# since the tick (vacuously true: intraday_features reads the source itself and has no dependency)
+INTRADAY_REFRESH = _guarded(
+    AutomationCondition.on_cron(INTRADAY_CRON, "UTC"), NOT_RUNNING,
+    label=f"intraday: every quarter of an hour ({INTRADAY_CRON} UTC)",
+)
 DAILY_EAGER = _guarded(
     LATEST_DAY & NEW_INPUT.since_last_handled(), *_WINDOW_GUARDS,
     label="default: eager on the latest day",
@@ -199,12 +210,14 @@ CONDITIONS: Mapping[str, AutomationCondition] = {
     BEHAVIOUR_DRIFT: WINDOWED_CONDITION,
     CANDIDATE_MODEL: CANDIDATE_CONDITION,
     SERVED_MODEL: SERVED_CONDITION,
+    INTRADAY_FEATURES: INTRADAY_REFRESH,
 }
 
 # ---------------------------------------------------------------------------------------- freshness
 DAILY_FRESHNESS = FreshnessPolicy.time_window(fail_window=timedelta(hours=48), warn_window=timedelta(hours=26))
 SERVED_FRESHNESS = FreshnessPolicy.cron(deadline_cron="0 3 * * *", lower_bound_delta=timedelta(hours=3), timezone="UTC")
-FRESHNESS: Mapping[str, FreshnessPolicy] = {SERVED_MODEL: SERVED_FRESHNESS}
+INTRADAY_FRESHNESS = FreshnessPolicy.time_window(fail_window=timedelta(hours=1), warn_window=timedelta(minutes=30))
+FRESHNESS: Mapping[str, FreshnessPolicy] = {SERVED_MODEL: SERVED_FRESHNESS, INTRADAY_FEATURES: INTRADAY_FRESHNESS}
 EXTERNAL = frozenset({ADAPTATION_DEMO})
 
 

@@ -12,6 +12,7 @@ USER_FEATURES = "user_features"
 ITEM_FEATURES = "item_features"
 ONLINE_FEATURES = "online_features"
 BEHAVIOUR_DRIFT = "behaviour_drift"
+INTRADAY_FEATURES = "intraday_features"  # not partitioned: today so far, refreshed every quarter of an hour
 
 # MLOps
 TRAINING_WINDOW = "training_window"
@@ -22,5 +23,9 @@ SHADOW_EVALUATION = "shadow_evaluation"
 # Reported from outside any run (``factory demo``)
 ADAPTATION_DEMO = "adaptation_demo"
 
-DATA_KEYS: tuple[str, ...] = (RAW_EVENTS, USER_ITEM_DAILY, ITEM_DAILY, USER_FEATURES, ITEM_FEATURES, ONLINE_FEATURES, BEHAVIOUR_DRIFT)
+# The DataOps location's daily-partitioned assets: what the MLOps location declares as external daily specs
+DAILY_DATA_KEYS: tuple[str, ...] = (RAW_EVENTS, USER_ITEM_DAILY, ITEM_DAILY, USER_FEATURES, ITEM_FEATURES, ONLINE_FEATURES,
+                                    BEHAVIOUR_DRIFT)
+# Every asset the DataOps location materialises (its automation sensor's target)
+DATA_KEYS: tuple[str, ...] = (*DAILY_DATA_KEYS, INTRADAY_FEATURES)
 ML_KEYS: tuple[str, ...] = (TRAINING_WINDOW, CANDIDATE_MODEL, SERVED_MODEL, SHADOW_EVALUATION)

@@ -1,4 +1,5 @@
-"""The DataOps code location: sources -> raw events -> feature store views -> drift; retention, erasure, landing.
+"""The DataOps code location: sources -> raw events -> feature store views -> drift; retention, erasure, landing;
+the intraday path (``intraday_features``, today so far, every quarter of an hour).
 
 Load it alone (``dagster dev -m factory_assets.data.defs.definitions``) or beside the MLOps location
 (``workspace.yaml``).  It imports nothing of the MLOps half (no ``implicit``, no scikit-learn, no model
@@ -12,6 +13,7 @@ from __future__ import annotations
 from dagster import AssetKey, AssetSelection, AssetSpec, Definitions, define_asset_job
 
 from factory_assets.data.defs.features import item_daily, item_features, online_features, user_features, user_item_daily
+from factory_assets.data.defs.intraday import intraday_features
 from factory_assets.data.defs.maintenance_jobs import apply_retention, erase_user
 from factory_assets.data.defs.monitoring import behaviour_drift
 from factory_assets.data.defs.raw import raw_events
@@ -27,7 +29,9 @@ INGEST_JOB = "daily_ingest"
 
 FEATURE_ASSETS = [raw_events, user_item_daily, item_daily, user_features, item_features, online_features]
 MONITORING_ASSETS = [behaviour_drift]
-ASSETS = [*FEATURE_ASSETS, *MONITORING_ASSETS]
+ASSETS = [*FEATURE_ASSETS, *MONITORING_ASSETS]  # the daily-partitioned ones: daily_ingest
+# Not partitioned (today so far): never in a partitioned run, so neither in ASSETS nor in daily_ingest
+INTRADAY_ASSETS = [intraday_features]
 
 # The MLOps half's assets, as this location sees them: never executed here, drawn downstream of the views.
 ML_SPECS = [
@@ -52,7 +56,7 @@ RESOURCES = {"warehouse": WarehouseResource(), "event_source": EventSourceResour
 OWN_KEYS = [AssetKey(k) for k in keys.DATA_KEYS]
 
 defs = Definitions(
-    assets=[*ASSETS, *ML_SPECS],
+    assets=[*ASSETS, *INTRADAY_ASSETS, *ML_SPECS],
     jobs=JOBS,
     sensors=[*SENSORS, automation.automation_sensor_for(AUTOMATION_SENSOR, AssetSelection.assets(*OWN_KEYS))],
     resources=RESOURCES,

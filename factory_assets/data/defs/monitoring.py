@@ -22,7 +22,9 @@ Events carry only item ids.  :func:`item_category_map` asks the configured sourc
 optional ``item_category_map() -> Mapping[item_id, category]`` method (the proposed optional
 ``EventSource`` extension), then for the simulator's aligned ``item_ids()`` / ``item_categories()`` arrays;
 a source with neither (Online Retail, MovieLens today) is assessed on item popularity only, and the
-metadata says so.
+metadata says so.  The map is also written to the contract's ``item_categories`` table
+(:func:`factory_assets.data.intraday.write_item_categories`; nothing for a source without categories), so the
+MLOps half can read it before the intraday path ever ran.
 """
 
 from datetime import date, timedelta
@@ -43,6 +45,7 @@ from dagster import (
 
 from factory_assets.data import drift
 from factory_assets.data.drift_history import REFERENCE_DAYS, assess_day, item_category_map  # noqa: F401 (item_category_map re-exported)
+from factory_assets.data.intraday import write_item_categories
 from factory_assets.data.resources import EventSourceResource, WarehouseResource
 from factory_assets.feature_store.contract import BEHAVIOUR_DRIFT, DRIFT_HISTORY, ITEM_DAILY  # noqa: F401 (DRIFT_HISTORY re-exported)
 from factory_assets.platform.partitions import DAILY, SINGLE_RUN, WAREHOUSE_POOL, for_each_day
@@ -100,6 +103,9 @@ def _behaviour_drift_day(event_source: EventSourceResource, warehouse: Warehouse
             result = assess_day(con, day, categories)
         except LookupError as exc:
             raise Failure(description=str(exc), allow_retries=False) from exc
+        # the catalogue the MLOps half reads (item_categories), before the intraday path ever ran; its own
+        # storage.transaction, after assess_day's has closed (parquet transactions do not nest)
+        write_item_categories(con, categories)
     report, reference_days, past, version = result.report, result.reference_days, result.history, result.data_version
     table = past.assign(partition_day=past["partition_day"].astype(str)).round(4)
     metrics = _metrics_metadata(report)
