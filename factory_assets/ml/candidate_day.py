@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from factory_assets.feature_store import retrieval, store
-from factory_assets.feature_store.contract import regime_start
+from factory_assets.feature_store.contract import read_item_categories, regime_start
 from factory_assets.ml import promotion
 from factory_assets.ml import registry as model_registry
 from factory_assets.ml.erasure import mark_trained_on_erased_data
@@ -49,7 +49,7 @@ MODEL_CODE_VERSION = "2"  # 2: the ranker's long purchase-history features (the 
 FULL_SEARCH_EVERY_DAYS = 7  # a warm-started search chain is refreshed by a full search at least this often
 SEARCHED = ("factors", "regularization", "alpha", "iterations", "ranker_c")  # what the ranker's search chooses
 # params that neither the search nor the day sets: a champion that differs in one of them cannot lend its choice
-_NOT_COMPARED = {*SEARCHED, "search_budget", "regime_start", "use_gpu", "als_weight", "num_threads", "max_eval_users",
+_NOT_COMPARED = {*SEARCHED, "search_budget", "regime_start", "regime_decay", "regime_trend", "use_gpu", "als_weight", "num_threads", "max_eval_users",
                  "max_label_users"}
 
 logger = logging.getLogger(__name__)
@@ -273,6 +273,7 @@ def train_day(
         }
         regime = regime_start(con, start, end) if drift_reweighting else None
         params = replace(params, regime_start=None if regime is None else regime.isoformat(), use_gpu=settings.als_gpu())
+        categories = read_item_categories(con) if regime is not None else None  # the regime's category trend
         history, history_manifest = None, None
         if params.model_kind == "ranker" and params.history_days > 0:
             # every fit reads history_days before its own as-of day: the earliest as-of is after the window's start
@@ -294,7 +295,11 @@ def train_day(
                                  warm_start)
     log.info(f"ranker search: {search['mode']} ({search['reason']})")
     clock.lap("read")
-    result = train_candidate(frame, (start, end), HOLDOUT_DAYS, params, history=history)
+    result = train_candidate(frame, (start, end), HOLDOUT_DAYS, params, history=history, categories=categories)
+    if result.regime is not None:
+        chosen = result.regime["served"]
+        log.info(f"drift regime since {regime}: forget the days before it by {chosen['chosen']['decay']} per day, "
+                 f"category trend {chosen['chosen']['trend']:g} ({chosen['method']}, {chosen['n_users']} users)")
     del history
     clock.lap("train")
 
@@ -333,6 +338,8 @@ def train_day(
         "search": manifest_search(search),  # full search, or the day of the search the parameters come from
         "sampling": result.sampling,  # evaluated and label users before/after the caps (cost bound at scale)
         "ranker": _ranker_manifest(result.served_model),
+        # the drift regime's validated choice (recsys.regime.choose_regime), per model; None without a change point
+        "regime": result.regime,
         "artefacts": {
             "eval": {"file": eval_path.name, "sha256": eval_sha, "bytes": eval_path.stat().st_size,
                      "trained_on": evaluation["model"]["train_days"]},

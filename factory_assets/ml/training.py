@@ -41,6 +41,7 @@ from factory_assets.ml.recsys.evaluation import (
 )
 from factory_assets.ml.recsys.metrics import RankingReport, top_k
 from factory_assets.ml.recsys.model import BlendModel, ModelParams, fit_model
+from factory_assets.ml.recsys.regime import choose_regime, with_regime_terms
 from factory_assets.ml.recsys.report import candidate_report
 
 CANDIDATE = "candidate"  # the candidate's name in the list report and its segment table
@@ -59,6 +60,8 @@ class CandidateResult:
     cold_start: RankingReport | None = None
     # users evaluated / used as labels, before and after the caps (ModelParams.max_eval_users, max_label_users)
     sampling: dict | None = None
+    # the drift regime's validated choice per model (``recsys.regime.choose_regime``): {"eval": ..., "served": ...}
+    regime: dict | None = None
 
     @cached_property
     def list_report(self) -> dict:
@@ -105,7 +108,7 @@ class CandidateResult:
 
 
 def train_candidate(window: pd.DataFrame, bounds: tuple[date, date], holdout_days: int, params: ModelParams,
-                    history: pd.DataFrame | None = None) -> CandidateResult:
+                    history: pd.DataFrame | None = None, categories: pd.Series | None = None) -> CandidateResult:
     """Train, evaluate and refit one candidate on ``window`` (``user_item_daily`` rows of ``bounds``).
 
     ``history``: converting ``user_item_daily`` rows of the days up to ``bounds[1]``
@@ -113,6 +116,11 @@ def train_candidate(window: pd.DataFrame, bounds: tuple[date, date], holdout_day
     takes only the ``history_days`` days ending its own as-of day (label slices, the evaluation model on the
     train days, the served model), so no test day reaches the evaluation model.  The plain-ALS reference and,
     with a history, ``repeat_history`` (the repeat baseline over the same long history) are in ``references``.
+
+    With a drift change point (``params.regime_start``), how much the days before it are forgotten and whether
+    the category trend applies (``categories``: item id -> category, None when the source has none) are chosen
+    by ``recsys.regime.choose_regime``, on the train days for the evaluation model and on the whole window for
+    the served one; both models carry the regime's terms (``recsys.regime.with_regime_terms``).
 
     Raises:
         ValueError: if the training days hold no interactions, or no user converted in both train and
@@ -132,15 +140,24 @@ def train_candidate(window: pd.DataFrame, bounds: tuple[date, date], holdout_day
                 "max_eval_users": params.max_eval_users, "max_label_users": params.max_label_users,
                 "method": "the users with the smallest pandas.util.hash_array of their id"}
     del full_set
-    ranked = (_train_ranker(window, bounds, split, holdout_days, params, history, sampling)
+    regime = None
+    eval_params, served_params = params, params
+    if params.regime_start is not None:
+        weight = params.als_weight if params.als_weight is not None else params.als_weight_grid[len(params.als_weight_grid) // 2]
+        eval_params, eval_choice = choose_regime(split.train, split.train_days[1], params, weight, categories)
+        served_params, served_choice = choose_regime(window, bounds[1], params, weight, categories)
+        regime = {"eval": eval_choice, "served": served_choice}
+    ranked = (_train_ranker(window, bounds, split, holdout_days, eval_params, history, sampling, served_params)
               if params.model_kind == "ranker" else None)
     if ranked is not None:
         tuning, eval_model, served = ranked
     else:  # the blend (also the ranker's fallback when the train days hold no labelled slice)
-        params = replace(params, model_kind="blend")
-        tuning = tune_als_weight(split.train, split.train_days, params, holdout_days)
-        eval_model = fit_model(split.train, split.train_days[1], params, tuning.als_weight)
-        served = fit_model(window, bounds[1], params, tuning.als_weight)
+        eval_params, served_params = (replace(p, model_kind="blend") for p in (eval_params, served_params))
+        tuning = tune_als_weight(split.train, split.train_days, eval_params, holdout_days)
+        eval_model = fit_model(split.train, split.train_days[1], eval_params, tuning.als_weight)
+        served = fit_model(window, bounds[1], served_params, tuning.als_weight)
+    eval_model = with_regime_terms(eval_model, split.train, categories)
+    served = with_regime_terms(served, window, categories)
     report = evaluate(model_scores(eval_model, eval_set), eval_set)
     references = {"als": evaluate(model_scores(eval_model.als_only(), eval_set), eval_set)}
     if ranked is not None and history is not None and params.history_days > 0:
@@ -160,6 +177,7 @@ def train_candidate(window: pd.DataFrame, bounds: tuple[date, date], holdout_day
         baselines=evaluate_baselines(split.train, eval_set),
         references=references,
         sampling=sampling,
+        regime=regime,
     )
 
 
@@ -214,7 +232,7 @@ def ranker_slices(train: pd.DataFrame, train_days: tuple[date, date], holdout_da
 
 
 def _train_ranker(window, bounds, split: TemporalSplit, holdout_days: int, params: ModelParams, history=None,
-                  sampling: dict | None = None):
+                  sampling: dict | None = None, served_params: ModelParams | None = None):
     """The learned ranker (``recsys.ranker``): search and fit on slices of the TRAIN days only; None when no
     slice can be built (the caller then trains the blend).  ``sampling`` receives the slices' label users."""
     from factory_assets.ml.recsys import ranker
@@ -228,6 +246,9 @@ def _train_ranker(window, bounds, split: TemporalSplit, holdout_days: int, param
         return None
     fit = ranker.train_ranker(slices, params)
     eval_model = ranker.fit_ranker_model(split.train, split.train_days[1], fit, history)
+    if served_params is not None and served_params.regime_start is not None:  # the served model's validated regime
+        fit = replace(fit, params=replace(fit.params, regime_decay=served_params.regime_decay,
+                                          regime_trend=served_params.regime_trend))
     served = ranker.fit_ranker_model(window, bounds[1], fit, history)
     return Tuning(0.0, fit.trace), eval_model, served
 

@@ -84,7 +84,13 @@ def model_arrays(model: BlendModel) -> dict[str, np.ndarray]:
         "popularity": model.popularity.astype(np.float32),
         "als_weight": np.asarray([model.als_weight], dtype=np.float64),
         "params_json": np.asarray([json.dumps(model.params.as_dict(), sort_keys=True)]),
-    } | ({} if model.ranker is None else ranker_arrays(model.ranker))
+    } | ({} if model.ranker is None else ranker_arrays(model.ranker)) | regime_arrays(model)
+
+
+def regime_arrays(model: BlendModel) -> dict[str, np.ndarray]:
+    """The regime's terms (``recsys.regime``), only when the model has them: other models keep their exact bytes."""
+    out = {} if model.trend is None else {"regime_trend": model.trend.astype(np.float32)}
+    return out | ({} if model.recent is None else _csr_arrays("regime_recent", model.recent))
 
 
 def _csr_arrays(prefix: str, matrix: sp.csr_matrix) -> dict[str, np.ndarray]:
@@ -161,6 +167,8 @@ def model_from_arrays(arrays: dict[str, np.ndarray]) -> BlendModel:
     )
     params = json.loads(str(arrays["params_json"][0]))
     params["als_weight_grid"] = tuple(params["als_weight_grid"])
+    if "regime_decay_grid" in params:
+        params["regime_decay_grid"] = tuple(params["regime_decay_grid"])
     ranked = {k[len(RANKER_PREFIX):]: v for k, v in arrays.items() if k.startswith(RANKER_PREFIX)}
     return BlendModel(
         ranker=ranker_from_arrays(ranked) if ranked else None,
@@ -172,6 +180,8 @@ def model_from_arrays(arrays: dict[str, np.ndarray]) -> BlendModel:
         popularity=arrays["popularity"],
         als_weight=float(arrays["als_weight"][0]),
         params=_params(params),
+        trend=arrays.get("regime_trend"),
+        recent=_csr_from("regime_recent", arrays) if "regime_recent_shape" in arrays else None,
     )
 
 

@@ -61,6 +61,12 @@ class ModelParams:
     regime_start: str | None = None  # ISO day: first day of the current behaviour regime, None = no change seen
     regime_decay: float = 0.7  # days before ``regime_start`` weigh regime_decay ** (days of the new regime) ...
     regime_floor: float = 0.05  # ... but at least this much (``regime_weights``)
+    # The regime's own terms (``regime_terms``; only with a change point and item categories): the category trend's
+    # exponent (1 = re-weight by the ratio of shares, 0 = off; chosen by ``recsys.live.choose_regime``) and the weight
+    # of each user's own interactions since the change point.
+    regime_trend: float = 0.0
+    regime_recent_weight: float = 1.0
+    regime_decay_grid: tuple[float, ...] = (0.7, 0.3, 0.05)
     use_gpu: bool = False  # implicit's CUDA ALS (settings.als_gpu, FACTORY_ALS_GPU); GPU factors differ from CPU ones
     # The ranker's long purchase history (recsys.candidates.long_history): days before each fit's as-of day, 0 = off.
     history_days: int = 0
@@ -72,10 +78,12 @@ class ModelParams:
     def as_dict(self) -> dict:
         out = asdict(self)
         out["als_weight_grid"] = list(self.als_weight_grid)
+        out["regime_decay_grid"] = list(self.regime_decay_grid)
         if not self.history_days:  # added later: a model without it keeps the exact bytes (and manifest) it had
             del out["history_days"]
-        for name in ("max_eval_users", "max_label_users"):  # likewise, at their defaults
-            if out[name] == type(self).__dataclass_fields__[name].default:
+        for name in ("max_eval_users", "max_label_users", "regime_trend", "regime_recent_weight", "regime_decay_grid"):
+            # likewise, at their defaults
+            if out[name] in (default := type(self).__dataclass_fields__[name].default, list(default) if isinstance(default, tuple) else default):
                 del out[name]
         return out
 
@@ -97,6 +105,11 @@ class BlendModel:
     als_weight: float
     params: ModelParams = field(default_factory=ModelParams)
     ranker: Any = None  # a ``recsys.ranker.RankerPart`` (extra sources + coefficients), None for the blend
+    # The regime's terms (``regime_terms``), None without a change point: ``trend`` ``(n_items,)`` float32, the
+    # log-ratio of each item's category share since the change point to before it (times ``params.regime_trend``);
+    # ``recent`` CSR ``(n_users, n_items)`` float32, each user's interaction weight since the change point.
+    trend: np.ndarray | None = None
+    recent: sp.csr_matrix | None = None
 
     def user_rows(self, user_ids: np.ndarray | list[str]) -> np.ndarray:
         """Row of each user id, ``-1`` for users the model has never seen (cold start)."""
@@ -105,7 +118,8 @@ class BlendModel:
     def als_only(self) -> "BlendModel":
         """The plain-ALS reference: the same factors without the history and popularity terms."""
         empty = sp.csr_matrix(self.history.shape, dtype=np.float32)
-        return replace(self, history=empty, als_weight=1.0, ranker=None, params=replace(self.params, popularity_weight=0.0))
+        return replace(self, history=empty, als_weight=1.0, ranker=None, trend=None, recent=None,
+                       params=replace(self.params, popularity_weight=0.0))
 
     def scores(self, rows: np.ndarray) -> np.ndarray:
         """Scores ``(len(rows), n_items)`` float64 per the module formula; rows ``-1`` get popularity only."""
@@ -113,17 +127,33 @@ class BlendModel:
         if self.ranker is not None:
             from factory_assets.ml.recsys.ranker import ranker_scores
 
-            return ranker_scores(self, rows)
+            return self.add_regime_terms(ranker_scores(self, rows), rows)
+        return self.add_regime_terms(self.blend_scores(rows, self.user_factors[np.maximum(rows, 0)], self.history[np.maximum(rows, 0)]), rows)
+
+    def add_regime_terms(self, scores: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """``scores`` (float64 ``(len(rows), n_items)``, changed in place) plus the regime's terms: ``trend`` for
+        every row and ``regime_recent_weight * log1p(recent)`` for known rows; unchanged without a regime."""
+        if self.trend is not None:
+            scores += self.trend.astype(np.float64)[None, :]
+        if self.recent is not None and self.params.regime_recent_weight:
+            known = np.flatnonzero(rows >= 0)
+            if len(known):
+                scores[known] += self.params.regime_recent_weight * np.log1p(self.recent[rows[known]].toarray().astype(np.float64))
+        return scores
+
+    def blend_scores(self, rows: np.ndarray, user_factors: np.ndarray, history: sp.csr_matrix) -> np.ndarray:
+        """The module formula for ``rows`` (``-1``: popularity only) with the given user factors ``(len(rows), f)``
+        and history rows ``(len(rows), n_items)`` (the model's own, or folded in: ``recsys.live``)."""
+        rows = np.asarray(rows, dtype=np.int64)
         pop = self.popularity.astype(np.float64)
         pop_norm = pop / pop.max() if len(pop) and pop.max() > 0 else np.zeros_like(pop)
         out = np.tile(self.params.popularity_weight * pop_norm, (len(rows), 1))
         known = rows >= 0
         if known.any():
-            r = rows[known]
-            als = np.clip(self.user_factors[r].astype(np.float64) @ self.item_factors.T.astype(np.float64), 0, None)
+            als = np.clip(np.asarray(user_factors)[known].astype(np.float64) @ self.item_factors.T.astype(np.float64), 0, None)
             als_max = als.max(axis=1, keepdims=True)
             als_norm = np.divide(als, als_max, out=np.zeros_like(als), where=als_max > 0)
-            hist = np.log1p(self.history[r].toarray().astype(np.float64))
+            hist = np.log1p(sp.csr_matrix(history)[np.flatnonzero(known)].toarray().astype(np.float64))
             out[known] += hist + self.als_weight * als_norm
         return out
 
