@@ -31,13 +31,14 @@ TRAINING_JOB = mlops.TRAINING_JOB
 DATAOPS_ASSETS = dataops.FEATURE_ASSETS  # sources -> raw events -> feature views
 MONITORING_ASSETS = dataops.MONITORING_ASSETS  # behaviour_drift
 MLOPS_ASSETS = mlops.ASSETS  # training window -> candidate -> served model -> shadow evaluation
+INTRADAY_ASSETS = [*dataops.INTRADAY_ASSETS, *mlops.LIVE_ASSETS]  # intraday_features -> live_state (every ~15 min)
 REPORT_ASSETS = [adaptation_demo]  # external: reported by `factory demo`, never executed by Dagster
 
 # The one list of sensors of the single-process definitions (each sensor object once).
 SENSORS = list({id(s): s for s in [*dataops.SENSORS, *mlops.SENSORS, automation.automation_sensor]}.values())
 
 defs = Definitions(
-    assets=[*DATAOPS_ASSETS, *MONITORING_ASSETS, *MLOPS_ASSETS, *REPORT_ASSETS],
+    assets=[*DATAOPS_ASSETS, *MONITORING_ASSETS, *MLOPS_ASSETS, *INTRADAY_ASSETS, *REPORT_ASSETS],
     asset_checks=list(mlops.ASSET_CHECKS),
     jobs=[*dataops.JOBS, *mlops.JOBS],
     sensors=SENSORS,

@@ -113,9 +113,12 @@ def test_each_location_declares_the_others_assets_as_external_specs_with_the_sam
     data_own = {k for k in data_graph.get_all_asset_keys() if data_graph.get(k).is_materializable}
     ml_own = {k for k in ml_graph.get_all_asset_keys() if ml_graph.get(k).is_materializable}
     by_hand_data = {AssetKey(k) for k in ("raw_events", "user_item_daily", "item_daily", "user_features",
-                                          "item_features", "online_features", "behaviour_drift")}
+                                          "item_features", "online_features", "behaviour_drift", "intraday_features")}
     by_hand_ml = {AssetKey(k) for k in ("training_window", "candidate_model", "served_model", "shadow_evaluation")}
-    assert data_own == by_hand_data and ml_own == by_hand_ml
+    # live_state: the MLOps location's unpartitioned live path, downstream of intraday_features (external here)
+    assert data_own == by_hand_data and ml_own == by_hand_ml | {AssetKey("live_state")}
+    assert ml_graph.get(AssetKey("live_state")).parent_keys == {AssetKey("intraday_features"), AssetKey("served_model")}
+    assert not ml_graph.get(AssetKey("intraday_features")).is_materializable
     assert by_hand_ml <= data_graph.get_all_asset_keys() - data_own  # external there
     assert by_hand_data & ml_graph.get_all_asset_keys() - ml_own  # the views the ML half reads are external here
     # one graph: the ML location draws the candidate's lineage back into the feature store

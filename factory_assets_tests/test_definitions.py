@@ -6,7 +6,6 @@ import os
 import subprocess
 import sys
 
-import pytest
 from dagster import AssetKey, Definitions
 
 from factory_assets.platform.partitions import WAREHOUSE_POOL
@@ -16,6 +15,7 @@ from factory_assets_tests.helpers import REPO_ROOT
 EXPECTED = {
     "raw_events", "user_item_daily", "item_daily", "user_features", "item_features", "online_features",
     "training_window", "candidate_model", "served_model", "shadow_evaluation", "behaviour_drift", "adaptation_demo",
+    "intraday_features", "live_state",
 }
 
 

@@ -24,6 +24,7 @@ came from::
     $FACTORY_HOME/<source>/warehouse.duckdb      raw events, feature views, registry
     $FACTORY_HOME/<source>/artefacts/            content-addressed model files and manifests
     $FACTORY_HOME/<source>/aliases/champion.json the served model's pointer
+    $FACTORY_HOME/<source>/live/state.npz        today's additions to the champion (the live path)
     $FACTORY_HOME/dagster/                       the Dagster instance (unless DAGSTER_HOME is set)
 """
 
@@ -303,6 +304,12 @@ class HomeLayout:
     @property
     def aliases(self) -> Path:
         return self.root / "aliases"
+
+    @property
+    def live_state(self) -> Path:
+        """The live path's state file, ``<root>/live/state.npz`` (written by ``ml.live_state``, read by the
+        service next to the champion; not created here)."""
+        return self.root / "live" / "state.npz"
 
     @property
     def format_marker(self) -> Path:

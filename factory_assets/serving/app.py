@@ -10,8 +10,10 @@ they work without internet):
 ``POST /recommendations``           ``{"user_ids": [...], "k": 10, "exclude_purchased": false}`` ->
                                     ``{"results": [<one answer per user, as above>], "model_version"}``
 ``GET /healthz``                    200 while the process runs
-``GET /readyz``                     200 only when a verified champion is loaded, else 503
-``GET /metrics``                    Prometheus text: requests, latency histogram, model versions, fallbacks
+``GET /readyz``                     200 only when a verified champion is loaded, else 503; ``live``: the live
+                                    state in use (``recsys.live``; null when none), ``live_detail``: why none
+``GET /metrics``                    Prometheus text: requests, latency histogram, model versions, fallbacks,
+                                    the live state's age
 ``POST /admin/reload``              re-read the aliases now (bearer token); an unchanged alias is a no-op
 ``POST /admin/rollback``            ``{"reason", "to_version"?}``: registry rollback, then reload (bearer token)
 =================================  ===========================================================================
@@ -24,11 +26,17 @@ Validation: a user id is 1-128 printable characters; ``1 <= k <= MAX_K``; a batc
 Cold start: a user id the champion never saw gets the popularity ranking (the model's popularity term alone,
 the same fallback the factory evaluates as its baseline) with ``"fallback": true``.
 
+Live path: when ``<home>/<source>/live/state.npz`` (the ``live_state`` asset, every ~15 minutes) was built for the
+champion, the users active today are scored with today's events, and everyone with the day's category trend when
+it is set (:mod:`factory_assets.serving.live`); a user unknown to the champion but active today is not a fallback.
+The response JSON is the same either way.
+
 The parts, one module each under :mod:`factory_assets.serving`:
 
 - ``config``: :class:`ServiceConfig` (environment, flags) and the request limits;
 - ``scorer``: the loaded models (:class:`~factory_assets.serving.scorer.ModelHolder`, alias loading, verification);
-- ``watcher``: hot reload of the champion and shadow aliases;
+- ``watcher``: hot reload of the champion and shadow aliases, and of the live state file;
+- ``live``: the live state of today, checked against the champion (:class:`~factory_assets.serving.live.LiveView`);
 - ``log_writer``: the served log, shadow scoring and impression events, off the response path;
 - ``metrics``: the Prometheus counters, gauges and latency histogram behind ``/metrics``;
 - ``service``: :class:`Service`, the above wired together, and the answer to a request;

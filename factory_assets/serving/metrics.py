@@ -4,7 +4,8 @@ Request counts and latency are recorded by :class:`~factory_assets.serving.asgi.
 layers that answer without FastAPI); the other counters by the watcher, the log writer and
 :meth:`~factory_assets.serving.service.Service.answer`; the per-role model gauges are read from the
 :class:`~factory_assets.serving.scorer.ModelHolder` when rendering (a custom collector), as is
-``factory_serve_fallback_rate``.
+``factory_serve_fallback_rate``, and the live path's gauges (:class:`_LiveGauges`: whether today's state is in use,
+its age, its users).
 
 Each :class:`Metrics` has its own :class:`~prometheus_client.CollectorRegistry` (not the library's global one), so
 several services in one process (the tests) neither share nor collide.  ``_created`` samples are switched off
@@ -95,12 +96,46 @@ class _ModelGauges(Collector):
             yield family
 
 
+class _LiveGauges(Collector):
+    """The live state in use for the champion (``ModelHolder.live_for``), read at scrape time.
+
+    ``factory_serve_live_state_loaded`` 1/0 (always); ``factory_serve_live_state_users`` (0 without one);
+    ``factory_serve_live_state_age_seconds``: now minus the state's ``as_of`` (the age of "today so far"), only
+    while one is in use (no sample otherwise: alert on it with ``absent()`` or on ``loaded == 0``).
+    """
+
+    _TEXT = {
+        "factory_serve_live_state_loaded": "1 while a live state built for the champion is in use, else 0.",
+        "factory_serve_live_state_users": "Users active today in the live state in use (0: none in use).",
+        "factory_serve_live_state_age_seconds": "Seconds since the as_of of the live state in use (absent: none).",
+    }
+
+    def __init__(self) -> None:
+        self.holder: ModelHolder | None = None  # set by Metrics.render
+
+    def describe(self) -> list[GaugeMetricFamily]:
+        return [GaugeMetricFamily(name, text) for name, text in self._TEXT.items()]
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        holder = self.holder
+        live = holder.live_for(holder.champion) if holder is not None else None
+        yield GaugeMetricFamily("factory_serve_live_state_loaded", self._TEXT["factory_serve_live_state_loaded"],
+                                value=int(live is not None))
+        yield GaugeMetricFamily("factory_serve_live_state_users", self._TEXT["factory_serve_live_state_users"],
+                                value=len(live.state.user_ids) if live is not None else 0)
+        age = GaugeMetricFamily("factory_serve_live_state_age_seconds", self._TEXT["factory_serve_live_state_age_seconds"])
+        if live is not None:
+            age.add_metric((), round(live.age_s(), 3))
+        yield age
+
+
 class Metrics:
     """The service's counters, gauges and latency histogram, in a private ``prometheus_client`` registry.
 
     Public methods (the callers' interface): :meth:`observe` (one answered request), :meth:`served` (lists and
     fallbacks), :meth:`bump` (the other counters, by attribute name: ``reloads``, ``reload_failures``,
-    ``shadow_scored``, ``log_rows``, ``log_errors``, ``recommendations``, ``fallbacks``),
+    ``shadow_scored``, ``log_rows``, ``log_errors``, ``recommendations``, ``fallbacks``, ``live_lists``,
+    ``live_failures``),
     :meth:`set_alias_missing`, :meth:`render`; :attr:`content_type` is the media type of :meth:`render`'s text.
     """
 
@@ -129,10 +164,16 @@ class Metrics:
             "shadow_scored": Counter("factory_serve_shadow_scored", "Requests scored by the shadow model.", registry=reg),
             "log_rows": Counter("factory_serve_served_log_rows", "Served-log rows written.", registry=reg),
             "log_errors": Counter("factory_serve_log_write_errors", "Failed log or impression writes.", registry=reg),
+            "live_lists": Counter("factory_serve_live_lists", "Lists scored with today's events (live state).",
+                                  registry=reg),
+            "live_failures": Counter("factory_serve_live_state_failures",
+                                     "Live state files that did not load or fit the champion.", registry=reg),
         }
         self._recommendations, self._fallbacks = recommendations, fallbacks
         self._models = _ModelGauges()
         reg.register(self._models)
+        self._live = _LiveGauges()
+        reg.register(self._live)
         # (method, route, status) -> (counter child, histogram child), cached: labels() takes the metric's lock and
         # builds the label tuple on every call; after the first request of a kind, a request costs one dict lookup
         self._children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
@@ -146,10 +187,12 @@ class Metrics:
         children[0].inc()
         children[1].observe(seconds)
 
-    def served(self, n: int, fallbacks: int) -> None:
+    def served(self, n: int, fallbacks: int, live: int = 0) -> None:
         self._recommendations.inc(n)  # before the fallbacks: see _FallbackRate.collect
         if fallbacks:
             self._fallbacks.inc(fallbacks)
+        if live:
+            self._counters["live_lists"].inc(live)
 
     def bump(self, name: str, n: int = 1) -> None:
         try:
@@ -164,4 +207,5 @@ class Metrics:
     def render(self, holder: ModelHolder) -> str:
         """The Prometheus text exposition (:attr:`content_type`), the model gauges read from ``holder``."""
         self._models.holder = holder
+        self._live.holder = holder
         return generate_latest(self.registry).decode()

@@ -83,13 +83,17 @@ def add_routes(app: FastAPI, service: Service) -> None:
 
     @app.get("/readyz", tags=["operations"])
     async def readyz():
-        """200 only when a verified champion is loaded."""
+        """200 only when a verified champion is loaded; ``live``: the live state in use for it (``LiveState.describe()``,
+        null when none), ``live_detail``: why none is in use (null when one is, or when there is no state file)."""
         champion, shadow = service.holder.champion, service.holder.shadow
+        live = service.holder.live_for(champion)
         body = {
             "ready": champion is not None,
             "champion": None if champion is None else {"version": champion.version, "sha256": champion.sha256},
             "shadow": None if shadow is None else {"version": shadow.version, "sha256": shadow.sha256},
             "last_error": service.watcher.last_error,
+            "live": None if live is None else live.describe(),
+            "live_detail": None if live is not None else service.watcher.live_detail,
         }
         return JSONResponse(body, status_code=200 if champion is not None else 503)
 

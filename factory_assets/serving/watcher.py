@@ -14,6 +14,12 @@ A champion alias file that disappears while serving is reported, not ignored: on
 an INFO line when it comes back), ``last_error.champion`` on ``/readyz`` naming the missing file, and
 ``factory_serve_alias_missing{role="champion"} 1``; the last loaded champion keeps serving meanwhile.  (A missing
 *shadow* alias is normal: the shadow was promoted or withdrawn, and is unloaded.)
+
+After the aliases, each check looks at the live state file (``HomeLayout.live_state``, :mod:`factory_assets.serving.live`)
+when its ``(mtime_ns, size, inode)`` or the champion changed: it is loaded and kept (``ModelHolder.live``) only when
+it was built for the champion being served; a state for another champion is dropped with one INFO line, a broken
+one with one ERROR line (``factory_serve_live_state_failures_total``), and the nightly scores keep serving.
+``live_detail`` says why no state is in use (``/readyz``).  The live check never changes what :meth:`check` returns.
 """
 
 from __future__ import annotations
@@ -22,7 +28,9 @@ import logging
 import threading
 
 from factory_assets.ml import registry
+from factory_assets.ml.recsys.live import load_state
 from factory_assets.serving.config import ServiceConfig
+from factory_assets.serving.live import LiveView, state_stamp
 from factory_assets.serving.metrics import Metrics
 from factory_assets.serving.scorer import (
     AliasPointer,
@@ -52,6 +60,8 @@ class AliasWatcher:
         self._stamps: dict[str, tuple | None] = {}
         self.last_error: dict[str, str | None] = {registry.CHAMPION: None, registry.SHADOW: None}
         self._missing = False  # the champion's alias file is gone (reported once per change)
+        self._live_key: tuple | None = None  # (state file stamp, champion sha256) last acted on
+        self.live_detail: str | None = None  # why no live state is in use (None: one is, or there is no file)
         self._lock = threading.Lock()  # serialises checks (watcher thread vs /admin/reload), not requests
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="serve-alias-watcher", daemon=True)
@@ -71,7 +81,44 @@ class AliasWatcher:
                     continue
                 self._stamps[role] = stamp
                 out[role] = self._reload(role)
+            self._check_live(force)
         return out
+
+    def _check_live(self, force: bool = False) -> None:
+        """Load the live state file when it or the champion changed (every time when ``force``); keep it only
+        for the champion being served.  Never raises: a broken file is logged once and the nightly scores serve."""
+        path = self.config.layout.live_state
+        stamp = state_stamp(path)
+        champion = self.holder.champion
+        key = (stamp, champion.sha256 if champion is not None else None)
+        if not force and key == self._live_key:
+            return
+        self._live_key = key
+        if stamp is None or champion is None:
+            self.holder.live = None
+            self.live_detail = None if stamp is None else "no champion loaded"
+            return
+        try:
+            state = load_state(path)
+            other = state.model_version != champion.version or state.model_sha256 != champion.sha256
+            view = None if other else LiveView.build(state, champion, str(path), stamp)
+        except Exception as exc:  # noqa: BLE001 -- an optional file: whatever is wrong with it, keep serving
+            self.holder.live = None
+            self.live_detail = f"live state {path} is unusable ({type(exc).__name__}: {exc}); serving the nightly scores"
+            log.error("%s", " ".join(self.live_detail.split()))  # one line
+            self.metrics.bump("live_failures")
+            return
+        if view is None:  # normal for a moment after a promotion, while the new champion's state is built
+            self.holder.live = None
+            self.live_detail = (f"live state {path} ignored: built for v{state.model_version} "
+                                f"({state.model_sha256[:12]}), the champion is v{champion.version} ({champion.sha256[:12]})")
+            log.info("%s", self.live_detail)
+            return
+        self.holder.live = view
+        self.live_detail = None
+        described = view.describe()
+        log.info("live state for v%s as of %s: %d users active today, %d trend items", view.version,
+                 described["as_of"], described["users"], described["trend_items"])
 
     def _reload(self, role: str) -> dict:
         """Act on the role's alias as it is now: load a changed pointer, re-verify an unchanged one."""
