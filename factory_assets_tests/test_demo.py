@@ -52,9 +52,11 @@ def test_the_oracle_ranks_by_the_true_purchase_propensity_and_follows_the_shift(
     assert (demo.oracle_top(sim, date(2024, 11, 10), users) != demo.oracle_top(sim, date(2024, 11, 11), users)).any()
 
 
-def _row(day: str, factory: float, static: float | None, oracle: float, promoted=False, drifted=False) -> dict:
+def _row(day: str, factory: float, static: float | None, oracle: float, promoted=False, drifted=False,
+         live: float | None = None) -> dict:
     cell = lambda hit: None if hit is None else {"hit_rate_at_10": hit, "ndcg_at_10": hit / 2, "model_version": 1}
     return {"date": day, "n_users": 10, "factory": cell(factory), "static": cell(static), "oracle": cell(oracle),
+            "factory_live": cell(factory if live is None else live),
             "drift": {"drifted": drifted, "psi_items": 0.1, "psi_categories": 0.5 if drifted else 0.01,
                       "js_distance_categories": 0.1}, "promoted": promoted}
 
@@ -74,6 +76,34 @@ def test_summary_takes_the_first_day_after_the_shift_and_the_static_maximum_afte
     assert s["factory_vs_oracle_mean_before_shift"] == pytest.approx((0.8 + 0.5) / 2)
     assert s["promotions"] == ["2024-11-09", "2024-11-12", "2024-11-13"]
     assert s["drifted_days"] == ["2024-11-11", "2024-11-12"]
+
+
+def test_summary_reads_the_targets_shift_day_live_first_day_after_recovery_and_week_before():
+    rows = [_row(f"2024-11-{d:02d}", 0.40, None, 0.50) for d in range(3, 11)]  # ratio 0.8 all week
+    rows[0]["factory"]["hit_rate_at_10"] = 0.10  # 11-03 is outside the 7 days before the shift
+    rows += [
+        _row("2024-11-11", 0.30, 0.30, 0.50, live=0.36, drifted=True),  # live 0.72
+        _row("2024-11-12", 0.35, 0.30, 0.50),  # 0.70 < 0.72
+        _row("2024-11-13", 0.38, 0.34, 0.50),  # 0.76: not within 0.02 of 0.8
+        _row("2024-11-14", 0.39, 0.31, 0.50),  # 0.78: back within 0.02
+    ]
+    s = demo.summarise(rows, date(2024, 11, 11))
+    assert s["factory_vs_oracle_week_before"] == pytest.approx(0.8)
+    assert s["factory_live_vs_oracle_shift_day"] == pytest.approx(0.72)
+    assert s["factory_vs_oracle_first_day_after"] == pytest.approx(0.70)
+    assert (s["factory_recovered_on"], s["days_to_recover"]) == ("2024-11-14", 3)
+    assert s["static_vs_oracle_max_after"] == pytest.approx(0.68)
+    t = s["targets"]
+    assert (t["factory_live_shift_day"]["met"], t["factory_first_day_after"]["met"], t["recovered_by_day_after"]["met"],
+            t["static_after"]["met"], t["factory_week_before"]["met"]) == (True, False, True, False, True)
+    # a real log: no oracle, so no ratio, but the hit-rates' means; a day without buyers scores None
+    real = [dict(r, oracle=None) for r in rows] + [_row("2024-11-15", 0.5, 0.2, 0.5) | {"oracle": None}]
+    real[-1]["factory"] = {"hit_rate_at_10": None, "ndcg_at_10": None, "model_version": 1}
+    r = demo.summarise(real, date(2024, 11, 11))
+    assert r["factory_vs_oracle_first_day_after"] is None and r["targets"]["factory_first_day_after"]["met"] is None
+    assert r["factory_hit_rate_mean_after"] == pytest.approx((0.35 + 0.38 + 0.39) / 3, abs=1e-4)
+    assert r["static_hit_rate_mean_after"] == pytest.approx((0.30 + 0.34 + 0.31 + 0.2) / 4, abs=1e-4)
+    assert demo.score(np.empty((0, 10), dtype=object), [], pd.Index(["a"])) == {"hit_rate_at_10": None, "ndcg_at_10": None}
 
 
 def test_plot_is_a_png_and_the_report_lands_as_asset_metadata(tmp_path):
@@ -113,6 +143,11 @@ def test_a_small_demo_runs_the_factory_reweights_after_drift_and_scores_three_mo
     assert static["model_version"] == first["model_version"] == days[1]["static"]["model_version"]  # frozen at the shift
     assert second["model_version"] > first["model_version"] and days[1]["promoted"]
     assert days[0]["drift"]["drifted"], days[0]["drift"]  # the shift day's categories move
+    # factory_live: the same champion plus the intraday path at 12:00; every model on the buyers from 12:00 on
+    for r in days:
+        assert r["factory_live"]["model_version"] == r["factory"]["model_version"]
+        assert 0 < r["factory_live"]["active_users"] <= r["n_users"] and r["factory_live"]["n_events"] > 0
+    assert days[0]["factory_live"]["drifted"]  # the shift day's morning already shows the new category mix
     # the oracle is the ceiling on average (day by day a model can be lucky)
     assert np.mean([r["oracle"]["hit_rate_at_10"] for r in days]) > np.mean([r["factory"]["hit_rate_at_10"] for r in days])
     # the candidate trained after the shift day down-weights the days before it
