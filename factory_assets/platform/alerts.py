@@ -50,14 +50,14 @@ from dagster._core.storage.asset_check_execution_record import AssetCheckExecuti
 from pydantic import Field
 
 from factory_assets.platform import settings
-from factory_assets.platform.keys import SERVED_MODEL
+from factory_assets.platform.keys import INTRADAY_FEATURES, LIVE_STATE, SERVED_MODEL
 
 ALERT_WEBHOOK_ENV = settings.ALERT_WEBHOOK_ENV
 UI_URL_ENV = settings.UI_URL_ENV
 DEFAULT_UI_URL = settings.DEFAULT_UI_URL
 RUN_FAILURE_ALERT = "factory_run_failure_alert"
 GATE_FRESHNESS_ALERT = "factory_gate_freshness_alert"
-FRESHNESS_ALERT_ASSETS: tuple[str, ...] = (SERVED_MODEL,)
+FRESHNESS_ALERT_ASSETS: tuple[str, ...] = (SERVED_MODEL, INTRADAY_FEATURES, LIVE_STATE)
 ALERT_INTERVAL_S = settings.alert_interval_s()
 PARTITION_TAG = "dagster/partition"
 _HISTORY_LIMIT = 100

@@ -19,6 +19,7 @@ TRAINING_WINDOW = "training_window"
 CANDIDATE_MODEL = "candidate_model"
 SERVED_MODEL = "served_model"
 SHADOW_EVALUATION = "shadow_evaluation"
+LIVE_STATE = "live_state"  # not partitioned: the champion plus today so far, for the service
 
 # Reported from outside any run (``factory demo``)
 ADAPTATION_DEMO = "adaptation_demo"

@@ -36,10 +36,9 @@ from factory_assets.feature_store.resource import FeatureStoreResource
 from factory_assets.ml.defs.served import SERVED_MODEL
 from factory_assets.ml.live_state import refresh_live_state
 from factory_assets.ml.resources import ArtefactStore
-from factory_assets.platform.keys import INTRADAY_FEATURES
+from factory_assets.platform.keys import INTRADAY_FEATURES, LIVE_STATE
 from factory_assets.platform.partitions import GROUP_SERVING, WAREHOUSE_POOL
 
-LIVE_STATE = "live_state"
 LIVE_STATE_CODE_VERSION = "1"
 
 INPUT_UPDATED = AutomationCondition.any_deps_match(AutomationCondition.newly_updated()).with_label(
