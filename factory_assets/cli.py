@@ -640,7 +640,7 @@ def main(argv: list[str] | None = None) -> int:
                         "default ranker: the factory's model there, the blend does not pass its baseline gate)")
     demo_p.add_argument("--home", help="base FACTORY_HOME; each strength runs in <home>/demo/shift-<s> (default ./.factory_home)")
     demo_p.add_argument("--json", action="store_true", help="print the JSON document on stdout; logs on stderr")
-    demo_p.add_argument("--source", default="simulator", choices=("simulator", "online_retail"),
+    demo_p.add_argument("--source", choices=("simulator", "online_retail"),
                         help="simulator (default: the preference shift, with an oracle) or online_retail (the run into "
                         "the 2011 holiday season, against a model frozen on 2011-10-31; needs --path)")
     demo_p.add_argument("--path", help="the Online Retail file (.parquet, .csv or .xlsx) for --source online_retail")

@@ -31,8 +31,10 @@ from dagster._core.utils import make_new_run_id
 from factory_assets.platform import automation
 from factory_assets.data.defs.monitoring import BEHAVIOUR_DRIFT, DRIFT_CHECK
 from factory_assets.definitions import defs
+from factory_assets.platform.keys import INTRADAY_FEATURES, LIVE_STATE
 
 GRAPH = defs.resolve_asset_graph()
+INTRADAY = {INTRADAY_FEATURES, LIVE_STATE}  # unpartitioned, every 15 minutes: not part of the daily timeline here
 RAW, CANDIDATE, SERVED, WINDOW = "raw_events", "candidate_model", "served_model", "training_window"
 FEATURES = ("user_item_daily", "item_daily")
 JOB = "__ASSET_JOB"
@@ -47,7 +49,7 @@ def _names(keys: Iterable[AssetKey]) -> set[str]:
     return {k.to_user_string() for k in keys}
 
 
-ALL_ASSETS = _names(k for k in GRAPH.get_all_asset_keys() if GRAPH.get(k).is_materializable)
+ALL_ASSETS = _names(k for k in GRAPH.get_all_asset_keys() if GRAPH.get(k).is_materializable) - INTRADAY
 AFTER_DRIFT = {CANDIDATE} | _names(GRAPH.get(AssetKey(CANDIDATE)).child_keys)
 AFTER_DRIFT |= {n for n in ALL_ASSETS if _names(GRAPH.get(AssetKey(n)).parent_keys) & AFTER_DRIFT}
 TICK_1 = ALL_ASSETS - AFTER_DRIFT  # raw, features, training window, drift (and any other daily asset)
@@ -86,6 +88,8 @@ class FactorySim:
         self.cursor = self.result.cursor
         out = {}
         for key in GRAPH.get_all_asset_keys():
+            if key.to_user_string() in INTRADAY:  # the quarter-hourly path: its own tests (test_intraday_asset, live)
+                continue
             partitions = self.result.get_requested_partitions(key)
             if partitions:
                 out[key.to_user_string()] = set(partitions)
