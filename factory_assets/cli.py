@@ -552,15 +552,28 @@ def demo(args: argparse.Namespace) -> int:
     base = Path(args.home).expanduser().resolve() if args.home else settings.factory_home()
     source = getattr(args, "source", None) or "simulator"
     if source == "simulator":
+        if args.path:
+            return _refuse("factory: --path is for --source online_retail; the simulator needs no file", as_json=args.json)
         strengths = _strengths(args.strengths)
         configs = [experiment.DemoConfig(strength=s, model_kind=args.model_kind or "blend") for s in strengths]
     else:
         if args.strengths:
             return _refuse("factory: --strengths is for the simulator; a real log has its own shift", as_json=args.json)
-        if not args.path or not Path(args.path).exists():
-            return _refuse(f"factory: demo --source {source} needs --path to its file (got {args.path!r})", as_json=args.json)
+        if not args.path:
+            return _refuse(f"factory: demo --source {source} needs --path to its file", as_json=args.json)
+        if not Path(args.path).is_file():
+            return _refuse(f"factory: demo --source {source}: {args.path} is not a file "
+                           f"({'a directory' if Path(args.path).is_dir() else 'no such file'})", as_json=args.json)
         configs = [experiment.real_log_config(source, str(Path(args.path).resolve()), args.model_kind or "ranker")]
-    results = [experiment.run_strength(base, config) for config in configs]
+    try:
+        results = [experiment.run_strength(base, config) for config in configs]
+    except RuntimeError as exc:  # a run of the factory failed: one line (its UI has the details), exit 1
+        message = str(exc)
+        if args.json:
+            json.dump({"error": message}, sys.stdout)
+            sys.stdout.write("\n")
+        print(message, file=sys.stderr)
+        return 1
     from dagster import DagsterInstance
 
     from factory_assets.demo_report import report

@@ -88,6 +88,21 @@ def test_demo_refuses_bad_strengths_before_running_anything(text, message, capsy
     assert message in capsys.readouterr().err
 
 
+def test_demo_refuses_a_real_log_without_its_file_and_a_path_for_the_simulator(tmp_path, capsys):
+    cases = [
+        (["demo", "--source", "online_retail"], "needs --path to its file"),
+        (["demo", "--source", "online_retail", "--path", str(tmp_path / "none.parquet")], "no such file"),
+        (["demo", "--source", "online_retail", "--path", str(tmp_path)], "a directory"),
+        (["demo", "--source", "online_retail", "--path", str(tmp_path), "--strengths", "1"], "--strengths is for the simulator"),
+        (["demo", "--path", str(tmp_path)], "--path is for --source online_retail"),
+    ]
+    for argv, message in cases:
+        assert cli.main([*argv, "--json", "--home", str(tmp_path / "h")]) == 2, argv
+        out, err = capsys.readouterr()
+        assert message in json.loads(out)["error"] and message in err and "Traceback" not in err
+    assert not (tmp_path / "h").exists()  # nothing ran
+
+
 def test_factory_run_stops_at_the_first_failed_ingest_day(tmp_path, capsys):
     bad = tmp_path / "movies.csv"  # a MovieLens file without ratings: every day would fail alike
     bad.write_text("movieId,title,genres\n1,Toy Story (1995),Animation\n", encoding="utf-8")

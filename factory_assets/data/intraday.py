@@ -79,7 +79,7 @@ def write_item_categories(con: duckdb.DuckDBPyConnection, categories: Mapping[st
 
 
 def build_intraday(con: duckdb.DuckDBPyConnection, day: date, as_of: datetime, events: pd.DataFrame,
-                   categories: Mapping[str, str] | None) -> IntradayResult:
+                   categories: Mapping[str, str] | None, source_rejected: int = 0) -> IntradayResult:
     """Replace the intraday tables with the features of ``events`` of ``day`` before ``as_of``.
 
     Args:
@@ -88,6 +88,8 @@ def build_intraday(con: duckdb.DuckDBPyConnection, day: date, as_of: datetime, e
         as_of: the cut-off (tz-aware; naive means UTC); events at or after it are left for the next refresh.
         events: the source's rows of ``day`` (the raw event schema; validated here like an ingest).
         categories: item id -> category (``item_categories`` is refreshed from it), None when unknown.
+        source_rejected: rows the source itself quarantined for the day so far (``DayBatch.quarantined`` and
+            ``undated``), added to ``n_rejected``.
 
     Raises:
         ValueError: ``as_of`` outside ``(day 00:00, day + 1 00:00]`` UTC, or a required column missing.
@@ -105,7 +107,7 @@ def build_intraday(con: duckdb.DuckDBPyConnection, day: date, as_of: datetime, e
     report = drift.assess(current, reference, categories) if categories else None
     cats = None if report is None else next((d for d in report.distributions if d.name == "categories"), None)
     result = IntradayResult(
-        day=day, as_of=as_of, n_events=len(accepted), n_rejected=len(rejected), data_version=digest.hexdigest(),
+        day=day, as_of=as_of, n_events=len(accepted), n_rejected=len(rejected) + int(source_rejected), data_version=digest.hexdigest(),
         psi_categories=None if cats is None else round(cats.psi, 6),
         js_distance_categories=None if cats is None else round(cats.js_distance, 6),
         drifted=bool(cats is not None and cats.drifted),

@@ -118,6 +118,10 @@ def test_the_cut_off_is_utc_and_midnight_completes_the_day_before():
     assert cut_off("2024-11-12T00:00:00Z") == (SHIFT_DAY, datetime(2024, 11, 12, tzinfo=timezone.utc))
     now = datetime(2024, 11, 11, 9, 15, tzinfo=timezone.utc)
     assert cut_off(None, now=now) == (SHIFT_DAY, now)
+    # a cut-off in the future would date a state "today" that has not begun: refused beyond 5 minutes of skew
+    assert cut_off("2024-11-11T09:19:00Z", now=now)[1] == datetime(2024, 11, 11, 9, 19, tzinfo=timezone.utc)
+    with pytest.raises(ValueError, match="is in the future"):
+        cut_off("2024-11-11T09:21:00Z", now=now)
     with pytest.raises(ValueError, match="'11/11/2024'"):
         cut_off("11/11/2024")
 

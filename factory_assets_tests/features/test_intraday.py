@@ -114,6 +114,16 @@ def test_a_cut_off_keeps_exactly_the_events_before_it(con, source, categories):
     assert con.execute("SELECT count(*) FROM intraday_events").fetchone()[0] == len(morning)
 
 
+def test_rejected_counts_the_rows_it_refuses_and_those_the_source_quarantined(con, source, categories):
+    events = source.fetch_day(PLAIN_DAY).events
+    bad = events.iloc[[0, 1]].assign(event_id=["bad-type", "bad-qty"], event_type=["teleport", "purchase"],
+                                     quantity=[1, 0])  # unknown_event_type, bad_quantity
+    result = build_intraday(con, PLAIN_DAY, at(PLAIN_DAY, 12), pd.concat([events, bad], ignore_index=True), categories,
+                            source_rejected=3)  # e.g. a landing file's rows its reader already quarantined
+    assert result.n_rejected == 2 + 3
+    assert int(rows(con, "intraday_status", "day")["n_rejected"].iloc[0]) == 5
+
+
 def test_before_the_first_event_the_tables_are_empty_not_missing(con, source, categories):
     result = build_intraday(con, PLAIN_DAY, at(PLAIN_DAY) + timedelta(microseconds=1), source.fetch_day(PLAIN_DAY).events,
                             categories)

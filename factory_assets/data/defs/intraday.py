@@ -53,22 +53,29 @@ class IntradayConfig(Config):
     )
 
 
+CLOCK_SKEW = timedelta(minutes=5)  # how far in the future an as_of may lie (clocks of the source and of this host)
+
+
 def cut_off(as_of: str | None, now: datetime | None = None) -> tuple[date, datetime]:
     """``(day, as_of)`` of a refresh: ``as_of`` parsed (naive = UTC) or ``now`` (default: the clock), in UTC; the day
     is the UTC day whose ``(00:00, 24:00]`` holds it, so midnight completes the day before (``build_intraday``'s
     interval).
 
     Raises:
-        ValueError: ``as_of`` is not an ISO-8601 timestamp.
+        ValueError: ``as_of`` is not an ISO-8601 timestamp, or lies more than :data:`CLOCK_SKEW` in the future (a
+            state dated tomorrow would serve as "today so far" with a negative age).
     """
+    clock = now or datetime.now(timezone.utc)
     if as_of is None:
-        moment = now or datetime.now(timezone.utc)
+        moment = clock
     else:
         try:
             moment = datetime.fromisoformat(as_of.strip())
         except ValueError:
             raise ValueError(f"as_of {as_of!r} is not an ISO-8601 timestamp (e.g. 2024-11-11T12:00:00+00:00)") from None
     moment = moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
+    if moment > clock + CLOCK_SKEW:
+        raise ValueError(f"as_of {moment.isoformat()} is in the future (now {clock.isoformat(timespec='seconds')})")
     return (moment - timedelta(microseconds=1)).date(), moment
 
 
@@ -123,7 +130,8 @@ def intraday_features(
         raise Failure(description=str(exc), allow_retries=False) from None
     source = event_source.source_name
     try:
-        events = event_source.event_source.fetch_day(day).events
+        batch = event_source.event_source.fetch_day(day)
+        events, source_rejected = batch.events, len(batch.quarantined) + len(batch.undated)
     except TransientSourceError as exc:
         if context.retry_number < FETCH_RETRY.max_retries:
             context.log.warning(f"transient source failure on attempt {context.retry_number + 1}: {exc}")
@@ -136,10 +144,13 @@ def intraday_features(
     categories = item_category_map(event_source.event_source)
     try:
         with warehouse.connect() as con:
-            result = build_intraday(con, day, as_of, events, categories)
+            result = build_intraday(con, day, as_of, events, categories, source_rejected=source_rejected)
             rows = int(con.execute(f"SELECT count(*) FROM {INTRADAY_USER_ITEM}").fetchone()[0])
-    except duckdb.IOException:
-        raise  # a locked warehouse file: worth the retry
+    except duckdb.IOException as exc:
+        if "lock" in str(exc).lower() and context.retry_number < FETCH_RETRY.max_retries:
+            raise  # another process holds the warehouse file: worth the retry
+        raise Failure(description=f"intraday_features {day}: the warehouse cannot be written: {exc}",
+                      allow_retries=False) from None  # unwritable or unreadable: retrying would only take minutes
     except Exception as exc:
         raise Failure(description=f"intraday_features {day}: {type(exc).__name__}: {exc}", allow_retries=False) from exc
     context.log.info(f"intraday {day} before {as_of.isoformat()}: {result.n_events} events, {rows} user-item rows; "

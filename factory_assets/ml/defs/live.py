@@ -13,7 +13,7 @@ run after each update of either dependency (latched until handled, so an update 
 lost), once ``intraday_features`` exists, while neither a dependency nor this asset is in progress.  Only
 *materialised* updates count, not requests of the same tick: ``served_model`` is daily-partitioned and never runs
 in the same run as this asset, so reacting to its request would build a state for the outgoing champion.
-Freshness (:data:`LIVE_FRESHNESS`, its own as well): fail after one hour without a materialization (four intraday
+Freshness (:data:`LIVE_FRESHNESS`, its own as well): fail after one hour without a materialization (three intraday
 refreshes missed).
 
 A materialization that writes nothing (no champion yet, the intraday path never ran, or its day is already in the
@@ -26,6 +26,7 @@ from dagster import (
     AssetExecutionContext,
     AutomationCondition,
     DataVersion,
+    Failure,
     FreshnessPolicy,
     MaterializeResult,
     MetadataValue,
@@ -85,8 +86,17 @@ def live_state(context: AssetExecutionContext, feature_store: FeatureStoreResour
                artefacts: ArtefactStore) -> MaterializeResult:
     recorder = _Recorder(context)
     layout = artefacts.layout.ensure()
-    with feature_store.connect() as con:
-        summary = refresh_live_state(con, layout, log=recorder)
+    try:
+        with feature_store.connect() as con:
+            summary = refresh_live_state(con, layout, log=recorder)
+    except FileNotFoundError:
+        raise  # a champion file gone: refresh_live_state's own message
+    except OSError as exc:  # an unwritable live/ folder, a full disk: one line, not Dagster's wrapper
+        raise Failure(description=f"live_state: cannot write {layout.live_state}: {exc.strerror or exc}",
+                      allow_retries=False) from None
+    if summary is not None:
+        context.log.info(f"live state for v{summary['model_version']}: {summary['users']} users active by "
+                         f"{summary['as_of']}, trend on {summary['trend_items']} items")
     if summary is None:
         return MaterializeResult(metadata={
             "written": False,

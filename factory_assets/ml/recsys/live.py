@@ -202,8 +202,18 @@ def state_from_arrays(arrays: dict[str, np.ndarray]) -> LiveState:
     if meta.get("format") != FORMAT:
         raise ValueError(f"not a live state of format {FORMAT}: {meta.get('format')!r}")
     def csr(name):
+        """A CSR member, its structure checked first: out-of-range indices would crash scipy's C code later."""
         shape = tuple(int(v) for v in arrays[f"{name}_shape"])
-        return sp.csr_matrix((arrays[f"{name}_data"], arrays[f"{name}_indices"], arrays[f"{name}_indptr"]), shape=shape)
+        data, indices, indptr = (np.asarray(arrays[f"{name}_{part}"]) for part in ("data", "indices", "indptr"))
+        if len(shape) != 2 or min(shape) < 0:
+            raise ValueError(f"{name}: bad shape {shape}")
+        n_rows, n_cols = shape
+        ok = (indptr.ndim == 1 and len(indptr) == n_rows + 1 and indices.ndim == 1 and data.ndim == 1
+              and len(indices) == len(data) and (len(indptr) == 0 or (indptr[0] == 0 and indptr[-1] == len(indices)))
+              and bool(np.all(np.diff(indptr) >= 0)) and (len(indices) == 0 or (indices.min() >= 0 and indices.max() < n_cols)))
+        if not ok:
+            raise ValueError(f"{name}: not a valid {n_rows} x {n_cols} CSR matrix (index pointer or column indices out of range)")
+        return sp.csr_matrix((data, indices, indptr), shape=shape)
     return LiveState(model_version=int(meta["model_version"]), model_sha256=meta["model_sha256"],
                      day=date.fromisoformat(meta["day"]), as_of=datetime.fromisoformat(meta["as_of"]),
                      data_version=meta["data_version"], drifted=bool(meta["drifted"]),
@@ -226,7 +236,11 @@ def load_state(path: Path) -> LiveState:
     """Read a state written by :func:`save_state` (``allow_pickle=False``).
 
     Raises:
-        FileNotFoundError: no state at ``path``; ValueError: not a live state.
+        FileNotFoundError: no state at ``path``; ValueError: not a live state (not even an ``.npz``, a member
+            missing, a CSR structure out of range).
     """
+    with open(path, "rb") as handle:
+        if handle.read(4) != b"PK\x03\x04":  # np.load would call any other bytes "pickled data"
+            raise ValueError(f"{path} is not an .npz file")
     with np.load(Path(path), allow_pickle=False) as archive:
         return state_from_arrays({name: archive[name] for name in archive.files})

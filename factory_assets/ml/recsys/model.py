@@ -62,7 +62,7 @@ class ModelParams:
     regime_decay: float = 0.7  # days before ``regime_start`` weigh regime_decay ** (days of the new regime) ...
     regime_floor: float = 0.05  # ... but at least this much (``regime_weights``)
     # The regime's own terms (``regime_terms``; only with a change point and item categories): the category trend's
-    # exponent (1 = re-weight by the ratio of shares, 0 = off; chosen by ``recsys.live.choose_regime``) and the weight
+    # exponent (1 = re-weight by the ratio of shares, 0 = off; chosen by ``recsys.regime.choose_regime``) and the weight
     # of each user's own interactions since the change point.
     regime_trend: float = 0.0
     regime_recent_weight: float = 1.0
