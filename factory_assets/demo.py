@@ -249,24 +249,20 @@ def live_top(con, served: Served, day: date, as_of: datetime, categories: pd.Ser
     """``factory_live``: the top-``k`` the service would return at ``as_of`` on ``day`` with ``served`` as champion.
 
     The intraday path exactly as the assets run it: ``data.intraday.build_intraday`` on the day's events before
-    ``as_of`` (the raw partition's rows, as they landed), then ``ml.live_state``'s reads and
-    ``recsys.live.build_live_state`` for this champion, scored by ``recsys.live.live_scores``.  Returns the top items
+    ``as_of`` (the raw partition's rows, as they landed), then ``ml.live_state.state_for`` for this champion
+    (the ``live_state`` asset's own builder), scored by ``recsys.live.live_scores``.  Returns the top items
     ``(len(users), k)`` and the intraday status (``drifted``, ``psi_categories``, ``n_events``, ``active_users``).
     """
     from factory_assets.data.intraday import build_intraday
     from factory_assets.feature_store.contract import RAW_EVENTS, read_intraday
-    from factory_assets.ml.live_state import item_weights, window_rows
-    from factory_assets.ml.recsys.live import build_live_state, live_scores
+    from factory_assets.ml.live_state import state_for
+    from factory_assets.ml.recsys.live import live_scores
 
     events = con.execute(f"SELECT event_id, user_id, item_id, event_type, ts, quantity, value FROM {RAW_EVENTS} "
                          "WHERE partition_day = ? ORDER BY ts, event_id", [day]).df()
     build_intraday(con, day, as_of, events, None if categories is None else categories.to_dict())
     status, rows = read_intraday(con)
-    users_today = np.sort(rows["user_id"].astype(str).unique())
-    start, end = served.window
-    state = build_live_state(served.model, served.version, served.sha256, status, rows,
-                             window_rows(con, users_today, start, min(end, day - timedelta(days=1))),
-                             item_weights(con, day - timedelta(days=1)), categories)
+    state = state_for(con, served.model, served.version, served.sha256, served.window, status, rows)
     model = served.model
     live_rows = state.rows(users)
     scores = live_scores(model, model.user_rows(np.asarray(users, dtype=str)), state, live_rows)

@@ -131,10 +131,7 @@ def stale_inputs(con: duckdb.DuckDBPyConnection, manifest: dict) -> list[dict]:
 
 def erased_days(con: duckdb.DuckDBPyConnection) -> set[date]:
     """Every UTC day whose raw events an erasure request changed (empty when nothing was ever erased)."""
-    exists = con.execute(
-        "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [ERASURE_LOG]
-    ).fetchall()[0][0]
-    if not exists:
+    if not table_exists(con, ERASURE_LOG):
         return set()
     rows = con.execute(f"SELECT days FROM {ERASURE_LOG}").fetchall()
     return {date.fromisoformat(d) for (days,) in rows for d in days.split(",") if d}
@@ -163,10 +160,7 @@ def regime_start(con: duckdb.DuckDBPyConnection, start: date, end: date) -> date
 
     None when :data:`DRIFT_HISTORY` does not exist yet (the monitor never ran) or no day of the window drifted.
     """
-    exists = con.execute(
-        "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [DRIFT_HISTORY]
-    ).fetchone()[0]
-    if not exists:
+    if not table_exists(con, DRIFT_HISTORY):
         return None
     rows = con.execute(
         f"SELECT partition_day, drifted FROM {DRIFT_HISTORY} WHERE partition_day BETWEEN ? AND ?", [start, end]

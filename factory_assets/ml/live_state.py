@@ -90,6 +90,22 @@ def item_weights(con: duckdb.DuckDBPyConnection, day: date) -> pd.Series:
                      dtype=np.float64)
 
 
+def state_for(con: duckdb.DuckDBPyConnection, model, version: int, manifest_sha256: str, window: tuple[date, date],
+              status: dict, today_rows: pd.DataFrame):
+    """The ``LiveState`` of one champion (``model``, registry ``version``, manifest sha256, training ``window``) for
+    the intraday ``status`` / ``today_rows`` (``contract.read_intraday``): its users' window rows before today,
+    yesterday's item weights and the categories, read here.  Shared by :func:`refresh_live_state` (the champion of
+    now) and ``factory demo``'s ``factory_live`` (the champion of each past day)."""
+    day = status["day"]
+    users = np.sort(today_rows["user_id"].astype(str).unique())
+    start, end = window
+    return build_live_state(
+        model, version, manifest_sha256, status, today_rows,
+        window_rows(con, users, start, min(end, day - timedelta(days=1))),
+        item_weights(con, day - timedelta(days=1)), read_item_categories(con),
+    )
+
+
 def refresh_live_state(con: duckdb.DuckDBPyConnection, layout: HomeLayout, log: Log | None = None) -> dict | None:
     """Build today's live state of the champion and write it to ``layout.live_state`` (module docstring).
 
@@ -126,13 +142,8 @@ def refresh_live_state(con: duckdb.DuckDBPyConnection, layout: HomeLayout, log: 
         log.info(f"the intraday day {day} is inside champion v{version}'s training window {start}..{end}: "
                  "the nightly model already holds those events, no live state")
         return None
-    users = np.sort(today_rows["user_id"].astype(str).unique())
-    last = min(end, day - timedelta(days=1))
-    state = build_live_state(
-        model, version, manifest_sha, status, today_rows, window_rows(con, users, start, last),
-        item_weights(con, day - timedelta(days=1)), read_item_categories(con),
-    )
+    state = state_for(con, model, version, manifest_sha, (start, end), status, today_rows)
     path = layout.live_state
     digest = save_state(state, path)
     return {**state.describe(), "path": str(path), "sha256": digest, "model_sha256": manifest_sha,
-            "window": [start.isoformat(), last.isoformat()]}
+            "window": [start.isoformat(), min(end, day - timedelta(days=1)).isoformat()]}

@@ -83,13 +83,18 @@ def build_eval_set(train: pd.DataFrame, test: pd.DataFrame) -> EvalSet:
     col = np.searchsorted(catalogue, items)
     known = (col < len(catalogue)) & (catalogue[np.minimum(col, len(catalogue) - 1)] == items) if len(catalogue) else \
         np.zeros(len(items), dtype=bool)
-    # (user, column) pairs, sorted by user then column: each user's truth set from one split, no per-row Python
-    user_ids, u_codes = np.unique(users[known], return_inverse=True)
-    pairs = np.unique(np.stack([u_codes.astype(np.int64), col[known].astype(np.int64)]), axis=1)
+    user_ids, truth = truth_sets(users[known], col[known])
+    return EvalSet(catalogue=catalogue, user_ids=user_ids, truth=truth)
+
+
+def truth_sets(users: np.ndarray, columns: np.ndarray) -> tuple[np.ndarray, list[set[int]]]:
+    """``(user_ids, truth)`` from aligned (user id, catalogue column) pairs: the sorted distinct users (str) and each
+    one's set of columns, built from the sorted pairs (no per-row Python)."""
+    user_ids, u_codes = np.unique(np.asarray(users, dtype=str), return_inverse=True)
+    pairs = np.unique(np.stack([u_codes.astype(np.int64).ravel(), np.asarray(columns, dtype=np.int64)]), axis=1)
     starts = np.searchsorted(pairs[0], np.arange(len(user_ids) + 1))
-    columns = pairs[1].tolist()
-    truth = [set(columns[starts[k]:starts[k + 1]]) for k in range(len(user_ids))]
-    return EvalSet(catalogue=catalogue, user_ids=user_ids.astype(str), truth=truth)
+    cols = pairs[1].tolist()
+    return user_ids.astype(str), [set(cols[starts[k]:starts[k + 1]]) for k in range(len(user_ids))]
 
 
 def sample_users(eval_set: EvalSet, max_users: int) -> EvalSet:

@@ -106,7 +106,7 @@ def choose_regime(frame: pd.DataFrame, as_of: date, params: ModelParams, als_wei
     there is no change point, no row since it, or fewer than 20 held-out users with a conversion since it.
     Ties go to the first grid point (the configured decay first, then trend 0).
     """
-    from factory_assets.ml.recsys.evaluation import EvalSet, evaluate, model_scores
+    from factory_assets.ml.recsys.evaluation import EvalSet, evaluate, model_scores, truth_sets
 
     record = {"start": params.regime_start, "chosen": {"decay": params.regime_decay, "trend": params.regime_trend},
               "method": "configured", "n_users": 0, "trace": []}
@@ -122,12 +122,8 @@ def choose_regime(frame: pd.DataFrame, as_of: date, params: ModelParams, als_wei
     train = frame[~(new & frame["user_id"].astype(str).isin(held).to_numpy())]
     catalogue = np.sort(train["item_id"].astype(str).unique()).astype(str)
     truth_rows = truth_rows[truth_rows["item_id"].astype(str).isin(catalogue)]
-    eval_users = np.sort(truth_rows["user_id"].astype(str).unique()).astype(str)
-    cols = np.searchsorted(catalogue, truth_rows["item_id"].astype(str).to_numpy())
-    rows = np.searchsorted(eval_users, truth_rows["user_id"].astype(str).to_numpy())
-    truth = [set() for _ in eval_users]
-    for r, c in zip(rows.tolist(), cols.tolist()):
-        truth[r].add(c)
+    eval_users, truth = truth_sets(truth_rows["user_id"].astype(str).to_numpy(),
+                                   np.searchsorted(catalogue, truth_rows["item_id"].astype(str).to_numpy()))
     eval_set = EvalSet(user_ids=eval_users, catalogue=catalogue, truth=truth)
     grid_trend = TREND_GRID if categories is not None else (0.0,)
     decays = (params.regime_decay, *[d for d in params.regime_decay_grid if d != params.regime_decay])
